@@ -1,0 +1,1 @@
+"""Triton kernels of vidsparse, importable as `vidsparse.kernels`."""

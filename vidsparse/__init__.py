@@ -1,0 +1,8 @@
+"""vidsparse: training-free per-layer, per-head sparse attention for video diffusion transformers."""
+
+from .attention import available_backends, block_sparse_attention
+from .layout import VideoLayout
+from .plan import BlockPlan, PlanError
+
+__all__ = ["BlockPlan", "PlanError", "VideoLayout", "available_backends", "block_sparse_attention"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Attention backends registered with `vidsparse.attention.register_backend` (one module each)."""

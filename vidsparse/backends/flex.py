@@ -1,0 +1,1 @@
+"""Placeholder until the FlexAttention backend lands (issue #2)."""
