@@ -1,0 +1,1 @@
+"""Evaluation of a patched pipeline against the dense one: quality, speed, reports."""

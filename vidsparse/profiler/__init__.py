@@ -1,0 +1,1 @@
+"""The offline profiler: calibration, candidate scoring, cost model and selection."""
