@@ -40,8 +40,10 @@ def relative_l2_error(
 ) -> torch.Tensor:
     """float64 [B, H]: ||o_plan - o_dense|| / ||o_dense|| over the query rows `rows` (model order; None = all).
 
-    q, k, v are [B, H, S, D] in the model's order; the plan may have batch 1 (shared) or B.
+    q, k, v are [B, H, S, D] in the model's order; the plan may have batch 1 (shared) or B, and one head
+    (a static strategy's plan, scored on every head) or H.
     """
+    plan = _broadcast_heads(plan, q.shape[1])
     check_inputs(q, k, v, plan)
     diff_sq, dense_sq = _accumulate(q, k, v, plan, rows, scale, want_output=True)
     return (diff_sq / dense_sq).sqrt()
@@ -55,10 +57,18 @@ def attention_recall(
     rows: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """float64 [B, H]: mean over the query rows `rows` of the dense softmax mass on the keys the plan keeps."""
+    """float64 [B, H]: mean over the query rows `rows` of the dense softmax mass on the keys the plan keeps.
+
+    Plans with one head are applied to every head, as in `relative_l2_error`.
+    """
+    plan = _broadcast_heads(plan, q.shape[1])
     check_inputs(q, k, k, plan)
     kept, count = _accumulate(q, k, None, plan, rows, scale, want_output=False)
     return kept / count
+
+
+def _broadcast_heads(plan: BlockPlan, heads: int) -> BlockPlan:
+    return BlockPlan.concat_heads([plan] * heads) if plan.num_heads == 1 and heads > 1 else plan
 
 
 def _check_rows(rows: torch.Tensor | None, q_len: int, device: torch.device) -> torch.Tensor:

@@ -74,6 +74,20 @@ class Strategy(ABC):
     def _plan_dynamic(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> BlockPlan:
         raise NotImplementedError
 
+    def reusable(self, planned_at: int | None, step: int | None) -> bool:
+        """Whether a plan made at denoising step `planned_at` may be used again at step `step` for the same
+        layer, layout, batch and heads (`vidsparse.strategies.reuse.PlanCache` asks this before planning).
+
+        Static plans never change. Dynamic strategies re-plan at every call unless they override this (the
+        blockified strategy reuses its choice for `refresh_every` steps, as AdaSpa does).
+        """
+        return not self.is_dynamic
+
+    def at_layer(self, layer: int) -> "Strategy":
+        """The strategy as used in patched layer `layer` (0-based). Most strategies do not depend on the layer;
+        vmoba cycles its key partition with it. A policy applying one strategy to every layer calls this."""
+        return self
+
     @abstractmethod
     def estimate_density(self, layout: VideoLayout) -> float:
         """Expected fraction of token pairs kept on this layout (exact for static strategies)."""

@@ -1,0 +1,85 @@
+"""diagonal: the spatial band around each query's own frames, and the multi-diagonal (temporal) copies.
+
+Sparse VideoGen (Xi et al., arXiv 2502.01776) finds two kinds of heads in video DiTs: *spatial* heads, whose
+attention map is block-diagonal with one block per frame (each token looks at its own frame and a few nearby
+ones), and *temporal* heads, which look at the same spatial position in every frame: in the frame-major token
+order those are the diagonals at offsets of whole frames, the "multi-diagonal" of Sparse-vDiT (Chen et al.,
+arXiv 2506.03065), which also names the first one "diagonal".
+
+Definition (token level; f = latent frame, (th, tw) = row and column of the token's tile, i.e. h // tile_h and
+w // tile_w). A video query q keeps a video key k when
+
+    band:           |f_q - f_k| <= width                                             (width is not None)
+    multi-diagonal: |f_q - f_k| <= temporal  and  max(|th_q - th_k|, |tw_q - tw_k|) <= column   (temporal is not None)
+
+and the plan keeps a (query tile, key tile) pair when any of their token pairs is kept: for tiles covering
+frames [a, b) and [c, d) the band keeps the pair when c < b + width and d > a - width, and the multi-diagonal
+when c < b + temporal, d > a - temporal and the tiles' (row, column) are within `column` of each other.
+Text rows and columns are dense. Every query keeps its own tile.
+
+Parameters (grid units):
+    width:    frames on either side kept in full (SVG spatial head; 0 = the query's own frames); None: no band.
+    temporal: frames on either side of the multi-diagonal (SVG temporal head; >= frames - 1 means all
+              frames); None: no multi-diagonal.
+    column:   tiles on either side, in rows and columns, that the multi-diagonal keeps (0 = the query's own
+              tile column, i.e. its spatial position at tile granularity).
+
+Density without text, tiles of one frame, F frames: the band keeps about (2 width + 1) / F of the keys, the
+multi-diagonal (2 temporal + 1) / F * (2 column + 1)^2 / (tile rows * tile columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import VideoLayout
+from .base import Strategy, register_strategy, with_dense_text
+
+
+def _check_count(name: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        allowed = "None or an integer >= 0" if optional else "an integer >= 0"
+        raise ValueError(f"diagonal: {name} must be {allowed}, got {value!r}")
+
+
+def frames_within(layout: VideoLayout, frames: int) -> torch.Tensor:
+    """bool [Mv, Mv]: the two video tiles hold some pair of frames at most `frames` apart."""
+    start, stop = layout.block_frame_range.unbind(1)
+    return (start[None, :] < stop[:, None] + frames) & (stop[None, :] > start[:, None] - frames)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class Diagonal(Strategy):
+    """Spatial band of `width` frames plus an optional multi-diagonal of `temporal` frames (see module doc)."""
+
+    name = "diagonal"
+
+    width: int | None = 0
+    temporal: int | None = None
+    column: int = 0
+
+    def __post_init__(self) -> None:
+        _check_count("width", self.width, optional=True)
+        _check_count("temporal", self.temporal, optional=True)
+        _check_count("column", self.column, optional=False)
+        if self.width is None and self.temporal is None:
+            raise ValueError("diagonal: give width (spatial band) or temporal (multi-diagonal), or both")
+
+    def block_mask(self, layout: VideoLayout) -> torch.Tensor:
+        mv = layout.num_video_blocks
+        keep = torch.eye(mv, dtype=torch.bool)
+        if self.width is not None:
+            keep |= frames_within(layout, self.width)
+        if self.temporal is not None:
+            tiles = layout.block_tile_coords[:, 1:]
+            same_column = (tiles[:, None, :] - tiles[None, :, :]).abs().amax(-1) <= self.column
+            keep |= frames_within(layout, self.temporal) & same_column
+        return with_dense_text(keep, layout)
+
+    def estimate_density(self, layout: VideoLayout) -> float:
+        return self.plan(layout).density()

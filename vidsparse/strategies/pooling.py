@@ -1,0 +1,88 @@
+"""Helpers shared by the dynamic strategies: tile-pooled q/k, smallest covering sets, and the final plan.
+
+Dynamic strategies look at *pooled* queries and keys: the mean of the real tokens of each video block (one
+block = one tile of the layout's working order). Padding slots of edge tiles are excluded from the mean, and
+the number of real tokens of each tile is returned alongside so that a strategy can weight a partly empty
+tile by its size. Text blocks are never pooled: text rows and columns are dense in every plan.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..layout import VideoLayout
+from ..plan import BlockPlan
+from .base import with_dense_text
+
+
+def check_qk(name: str, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> None:
+    """ValueError unless q and k are [B, H, layout.seq_len, D] with matching batch, heads and head_dim."""
+    for arg, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[2] != layout.seq_len:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}: {arg} must be [B, H, {layout.seq_len}, D] for {layout}, got {shape}")
+    if q.shape != k.shape:
+        raise ValueError(f"{name}: q {tuple(q.shape)} and k {tuple(k.shape)} must have the same shape")
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32, or float64 for float64 inputs: pooled statistics are never accumulated in half precision."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def video_block_lengths(layout: VideoLayout, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 [num_video_blocks]: real tokens in each video tile."""
+    return layout.block_lengths[: layout.num_video_blocks].to(device=device, dtype=torch.int64)
+
+
+def pool_video_blocks(layout: VideoLayout, x: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the real tokens of every video block: [B, H, S, D] model order -> [B, H, Mv, D].
+
+    Computed as a reduction over the (f, h, w) grid padded with zeros to whole tiles, in float32 (float64
+    for float64 inputs), so it costs one read of the video tokens and no gather.
+    """
+    b, h, _, d = x.shape
+    frames, height, width = layout.grid
+    tf, th, tw = layout.tile
+    nf, nh, nw = layout.tile_grid
+    video = x[:, :, layout.video_offset : layout.video_offset + layout.num_video_tokens]
+    video = video.reshape(b, h, frames, height, width, d)
+    # Zero padding up to whole tiles adds nothing to the sums; the divisor below counts real tokens only.
+    video = F.pad(video, (0, 0, 0, nw * tw - width, 0, nh * th - height, 0, nf * tf - frames))
+    tiles = video.reshape(b, h, nf, tf, nh, th, nw, tw, d)
+    sums = tiles.sum(dim=(3, 5, 7), dtype=compute_dtype(x)).reshape(b, h, nf * nh * nw, d)
+    return sums / video_block_lengths(layout, x.device).to(sums.dtype)[:, None]
+
+
+def smallest_covering_set(weights: torch.Tensor, target: torch.Tensor | float, base: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """The fewest entries of `weights` (last dim) whose sum, added to `base`, reaches `target`.
+
+    Entries are taken in descending order of weight, so the set is the shortest prefix of the sorted weights
+    with base + prefix sum >= target: empty when base alone reaches the target, everything when the target is
+    never reached. `target` and `base` broadcast against weights[..., 0]. Returns a bool mask shaped like weights.
+    """
+    ordered, order = torch.sort(weights, dim=-1, descending=True, stable=True)
+    before = torch.cumsum(ordered, dim=-1) - ordered  # mass of the entries ranked above each one
+    base = torch.as_tensor(base, dtype=weights.dtype, device=weights.device)
+    target = torch.as_tensor(target, dtype=weights.dtype, device=weights.device)
+    take = (base.unsqueeze(-1) + before) < target.unsqueeze(-1)
+    return torch.zeros_like(take).scatter_(-1, order, take)
+
+
+def plan_from_video_mask(video_mask: torch.Tensor, layout: VideoLayout) -> BlockPlan:
+    """BlockPlan from a bool [B, H, Mv, Mv] video-block mask: each query block's own block and all text kept."""
+    mv = layout.num_video_blocks
+    own = torch.eye(mv, dtype=torch.bool, device=video_mask.device)
+    return BlockPlan.from_mask(with_dense_text(video_mask | own, layout), layout=layout)
+
+
+def density_with_text(layout: VideoLayout, video_key_fraction: float) -> float:
+    """Density of a plan keeping `video_key_fraction` of the video keys of every video query, text dense.
+
+    Exact for a plan whose every video query keeps that fraction of video keys; used by the dynamic strategies'
+    `estimate_density`, whose video fraction is a prior.
+    """
+    nv, nt = layout.num_video_tokens, layout.text_tokens
+    kept = nv * (nv * min(1.0, max(0.0, video_key_fraction)) + nt) + nt * (nv + nt)
+    return kept / float(layout.seq_len) ** 2
