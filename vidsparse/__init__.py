@@ -2,7 +2,8 @@
 
 from .attention import available_backends, block_sparse_attention
 from .layout import VideoLayout
+from .patch import patch, unpatch
 from .plan import BlockPlan, PlanError
 
-__all__ = ["BlockPlan", "PlanError", "VideoLayout", "available_backends", "block_sparse_attention"]
+__all__ = ["BlockPlan", "PlanError", "VideoLayout", "available_backends", "block_sparse_attention", "patch", "unpatch"]
 __version__ = "0.1.0"

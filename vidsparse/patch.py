@@ -1,0 +1,173 @@
+"""The one-line diffusers patch: `vidsparse.patch(pipe, ...)` and `vidsparse.unpatch(pipe)`.
+
+```python
+pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", torch_dtype=torch.bfloat16).to("cuda")
+vidsparse.patch(pipe, profile="profiles/wan2.1-t2v-1.3b.json")   # or strategy="draft", or nothing
+video = pipe(prompt, num_frames=81, height=480, width=832).frames[0]
+```
+
+The low-level hook-in (`install`, `uninstall`, `AttentionCall`) lives in `vidsparse.runtime`, the policies and the
+controller in `vidsparse.controller`; this module chooses the policy from the arguments and re-exports both.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from .controller import DenseSchedule, HeadPolicy, ScheduledPolicy, SparseController, StrategyPolicy
+from .runtime import (
+    AttentionCall,
+    AttentionController,
+    DenseFallbackWarning,
+    ModelInfo,
+    PatchError,
+    inspect_model,
+    install,
+    installed_controller,
+    uninstall,
+)
+from .strategies import Strategy, available, get
+
+#: The strategy used when neither a profile nor a strategy is given, in order of preference among the registered
+#: ones: conservative local windows that need no profiling. (name, params).
+DEFAULT_STRATEGIES: tuple[tuple[str, dict[str, Any]], ...] = (("dense", {}),)
+
+__all__ = [
+    "AttentionCall",
+    "AttentionController",
+    "DenseFallbackWarning",
+    "DenseSchedule",
+    "HeadPolicy",
+    "ModelInfo",
+    "PatchError",
+    "ScheduledPolicy",
+    "SparseController",
+    "StrategyPolicy",
+    "inspect_model",
+    "install",
+    "installed_controller",
+    "patch",
+    "resolve_strategy",
+    "uninstall",
+    "unpatch",
+]
+
+
+def resolve_strategy(strategy: str | tuple[str, dict[str, Any]] | Strategy) -> Strategy:
+    """A Strategy from a registered name, a (name, params) pair, or a Strategy object."""
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, str):
+        return get(strategy)
+    if isinstance(strategy, tuple) and len(strategy) == 2 and isinstance(strategy[0], str) and isinstance(
+        strategy[1], dict
+    ):
+        return get(strategy[0], **strategy[1])
+    raise ValueError(
+        f"strategy must be a name, a (name, params) pair or a Strategy, got {strategy!r}; names: {available()}"
+    )
+
+
+def default_strategy() -> Strategy:
+    """The first registered entry of DEFAULT_STRATEGIES."""
+    registered = set(available())
+    for name, params in DEFAULT_STRATEGIES:
+        if name in registered:
+            return get(name, **params)
+    raise PatchError(f"none of the default strategies {[n for n, _ in DEFAULT_STRATEGIES]} is registered")
+
+
+def patch(
+    pipe_or_transformer: Any,
+    profile: Any = None,
+    *,
+    strategy: str | tuple[str, dict[str, Any]] | Strategy | None = None,
+    dense_warmup_steps: int | float | None = None,
+    dense_layers: Iterable[int] | None = None,
+    backend: str = "auto",
+) -> SparseController:
+    """Make a diffusers video pipeline (or transformer) use sparse self-attention. Returns the controller.
+
+    Args:
+        pipe_or_transformer: a diffusers pipeline (every transformer it has is patched: Wan 2.2 A14B's
+            `transformer` and `transformer_2` share one layer numbering, `transformer` first) or a transformer.
+        profile: path to a profile JSON or a loaded `vidsparse.profile.Profile`; its model must match.
+        strategy: one strategy for every head, instead of a profile: a registered name, (name, params) or a
+            Strategy object.
+        dense_warmup_steps: dense steps at the start (int count, or float fraction in [0, 1) of the steps).
+            Default: the profile's schedule, else 0.2.
+        dense_layers: layers kept dense. Default: the profile's schedule, else the first layer of each transformer.
+        backend: attention backend for the sparse calls ("auto", "triton", "flex", "gather", "reference").
+
+    With neither profile nor strategy, DEFAULT_STRATEGIES applies (no profiling needed). Patching twice, a
+    profile for another model, or an unsupported model raises and leaves the pipeline as it was.
+    """
+    if profile is not None and strategy is not None:
+        raise ValueError("give either profile or strategy, not both")
+    if installed_controller(pipe_or_transformer) is not None:
+        raise PatchError("this pipeline is already patched by vidsparse; call vidsparse.unpatch(...) first")
+    info = inspect_model(pipe_or_transformer)  # raises PatchError for unsupported models before anything else
+    if profile is not None:
+        policy = _profile_policy(profile, info, dense_warmup_steps, dense_layers)
+    else:
+        chosen = resolve_strategy(strategy) if strategy is not None else default_strategy()
+        policy = StrategyPolicy(chosen, _schedule(info, dense_warmup_steps, dense_layers))
+    controller = SparseController(policy, backend)
+    install(pipe_or_transformer, controller)
+    return controller
+
+
+def unpatch(pipe_or_transformer: Any) -> None:
+    """Undo `patch`: processors, hooks and scheduler exactly as before."""
+    uninstall(pipe_or_transformer)
+
+
+def _schedule(info: ModelInfo, warmup: int | float | None, layers: Iterable[int] | None) -> DenseSchedule:
+    layers = frozenset(info.first_layers if layers is None else layers)
+    out_of_range = sorted(i for i in layers if not (isinstance(i, int) and 0 <= i < info.num_layers))
+    if out_of_range:
+        raise ValueError(f"dense_layers {out_of_range} are outside the model's layers 0..{info.num_layers - 1}")
+    return DenseSchedule(0.2 if warmup is None else warmup, layers)
+
+
+def _profile_policy(
+    profile: Any, info: ModelInfo, warmup: int | float | None, layers: Iterable[int] | None
+) -> HeadPolicy:
+    if isinstance(profile, (str, os.PathLike)):
+        from .profile import Profile  # lazily: loading a profile file is the only use of the profile module here
+
+        profile = Profile.load(profile)
+    missing = [name for name in ("model", "schedule", "policy") if not hasattr(profile, name)]
+    if missing:
+        raise ValueError(
+            f"profile must be a path or a loaded vidsparse Profile, got {type(profile).__name__} "
+            f"(no {', '.join(missing)})"
+        )
+    _check_profile_model(profile, info)
+    policy = profile.policy()
+    if warmup is None and layers is None:
+        return policy
+    schedule = DenseSchedule(
+        profile_schedule_warmup(profile) if warmup is None else warmup,
+        frozenset(profile_schedule_layers(profile) if layers is None else layers),
+    )
+    return ScheduledPolicy(policy, schedule)
+
+
+def _check_profile_model(profile: Any, info: ModelInfo) -> None:
+    """Raise ValueError naming what differs between the profile's model and the pipeline's."""
+    model = profile.model
+    expected = {"family": info.family, "num_layers": info.num_layers, "num_heads": info.num_heads}
+    for name, value in expected.items():
+        recorded = getattr(model, name)
+        if recorded != value:
+            raise ValueError(f"profile was made for {name}={recorded!r} but this pipeline has {name}={value!r}")
+
+
+def profile_schedule_warmup(profile: Any) -> int | float:
+    return profile.schedule.dense_warmup_steps
+
+
+def profile_schedule_layers(profile: Any) -> Iterable[int]:
+    return profile.schedule.dense_layers
