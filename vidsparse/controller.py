@@ -131,7 +131,9 @@ class SparseController:
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         num_heads = call.q.shape[1]
-        strategies = self.policy.strategies(call.step, call.num_steps, call.layer, num_heads)
+        strategies = self.policy.strategies(call.step, call.num_steps, call.layer, call.total_heads or num_heads)
+        if strategies is not None and call.heads is not None:  # this rank's heads under head-parallel CP
+            strategies = strategies[call.heads.start : call.heads.stop]
         if strategies is None or all(isinstance(s, Dense) for s in strategies):
             self.stats["dense_calls"] += 1
             return call.dense()

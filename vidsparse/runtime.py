@@ -10,8 +10,9 @@ How a call flows, for one patched self-attention module:
    and RoPE; only the attention kernel call lands in vidsparse.
 3. The intercepted call becomes an `AttentionCall` (q, k, v as [B, H, S, D] in the model's order, a VideoLayout,
    the layer index and the denoising step) and goes to the controller, which returns the attention output.
-   Anything vidsparse cannot represent exactly (dropout, causal, context parallel, an unexpected sequence
-   length, a mask that is not a key-padding mask) runs the original kernel unchanged, with a warning once.
+   Anything vidsparse cannot represent exactly (dropout, causal, an unexpected sequence length, a mask that is
+   not a key-padding mask) runs the original kernel unchanged, with a warning once. Calls under diffusers'
+   context parallelism go through `vidsparse.parallel` (Ulysses: this rank's heads over the whole sequence).
 
 Key-padding masks (HunyuanVideo pads text and masks the padded keys for every query): the batch is split by
 valid length, the controller sees each group trimmed to its valid tokens (padded keys dropped, which is exactly
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from .families import Family, find_family, get_family, supported_classes
 from .families.base import bind_forward_inputs
 from .layout import VideoLayout
+from .parallel import context_parallel_attention, head_shard
 
 
 class DenseFallbackWarning(UserWarning):
@@ -66,6 +68,8 @@ class AttentionCall:
         scale: softmax scale the model asked for (None = 1/sqrt(D)).
         attention_mask: the model's mask for exactly these tokens, or None when none is needed (key padding is
             trimmed away by the runtime before the controller is called).
+        heads, total_heads: under head-parallel context parallelism (see vidsparse.parallel), the global indices of
+            q/k/v's heads and the model's head count; None when q/k/v hold all heads.
     """
 
     layer: int
@@ -77,6 +81,8 @@ class AttentionCall:
     layout: VideoLayout
     scale: float | None
     attention_mask: torch.Tensor | None = None
+    heads: range | None = None
+    total_heads: int | None = None
     _dense: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     def dense(self) -> torch.Tensor:
@@ -469,6 +475,9 @@ class _Slot:
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         bound = self.convention.signature.bind(*args, **kwargs)
         bound.apply_defaults()
+        if bound.arguments.get("parallel_config") is not None:
+            # Context parallelism: diffusers' all-to-all, then this kernel again on this rank's heads.
+            return context_parallel_attention(self, bound.arguments)
         q, k, v = (self.convention.to_bhsd(bound.arguments[name]) for name in ("query", "key", "value"))
         prepared = self._prepare(bound.arguments, q, k, v)
         if isinstance(prepared, str):
@@ -508,8 +517,6 @@ class _Slot:
             return "attention dropout is on"
         if arguments.get("is_causal", False):
             return "causal attention"
-        if arguments.get("parallel_config") is not None:
-            return "context parallelism is configured"
         if arguments.get("attention_kwargs"):
             return "backend-specific attention_kwargs were given"
         if q.shape[1] != k.shape[1] or q.shape[2] != k.shape[2] or k.shape != v.shape:
@@ -537,9 +544,11 @@ class _Slot:
 
     def _run(self, bound, q, k, v, layout: VideoLayout, mask) -> torch.Tensor:
         step, num_steps = self.installation.tracker.current()
+        shard = head_shard()
         call = AttentionCall(
             layer=self.layer, step=step, num_steps=num_steps, q=q, k=k, v=v, layout=layout,
             scale=bound.arguments.get("scale"), attention_mask=mask,
+            heads=shard.heads if shard else None, total_heads=shard.total if shard else None,
             _dense=functools.partial(self._call_original, bound, q, k, v, mask),
         )
         out = self.installation.controller(call)
