@@ -1,10 +1,154 @@
-"""`vidsparse profile` and `vidsparse inspect` (to be filled in by the profiler issue)."""
+"""`vidsparse profile` and `vidsparse inspect`.
+
+    vidsparse profile --model tiny-wan --prompts prompts.txt --height 256 --width 256 --frames 9 --steps 10 \\
+        --budget error=0.05 --out profiles/tiny-wan.json
+    vidsparse inspect profiles/tiny-wan.json --plot tiny-wan.png
+
+`--model` takes a hub id or a local diffusers folder (`DiffusionPipeline.from_pretrained`), `tiny-wan` (the
+built-in trained tiny Wan model, `vidsparse.tiny_model`; falls back to the random tiny Wan pipeline with a
+message when its weights are missing), or `tiny-<family>` / `tiny-<family>-random` (a random tiny pipeline from
+`vidsparse.testing.tiny_pipeline`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def register(subparsers: Any) -> None:
     """Add the profiler's subcommands to the `vidsparse` parser."""
+    p = subparsers.add_parser("profile", help="profile a pipeline: choose a strategy per layer, head and step bucket",
+                              description="Run the pipeline densely on calibration prompts, score every candidate "
+                                          "strategy per head, and write a profile JSON.")
+    p.add_argument("--model", required=True, help="hub id, local pipeline folder, tiny-wan or tiny-<family>")
+    p.add_argument("--prompts", required=True, type=Path, help="text file, one calibration prompt per line")
+    p.add_argument("--height", type=int, required=True)
+    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--frames", type=int, required=True)
+    p.add_argument("--steps", type=int, required=True, help="denoising steps of the calibration runs")
+    objective = p.add_mutually_exclusive_group()
+    objective.add_argument("--budget", type=_budget, default=None,
+                           help="per-head error budget, e.g. error=0.05 (default 0.05)")
+    objective.add_argument("--target-speedup", type=float, default=None,
+                           help="predicted attention speed-up to reach with the least error")
+    p.add_argument("--out", required=True, type=Path, help="profile JSON to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=_warmup, default=0.2,
+                   help="dense warm-up: a step count (3) or a fraction of the steps (0.2, default)")
+    p.add_argument("--dense-layers", type=_int_list, default=None,
+                   help="comma-separated layers kept dense (default: the first layer of each transformer)")
+    p.add_argument("--sample-steps", type=int, default=3, help="denoising steps scored (default 3)")
+    p.add_argument("--buckets", type=int, default=2, help="step buckets with their own choices (default 2)")
+    p.add_argument("--rows", type=int, default=64, help="query rows sampled per call (default 64)")
+    p.add_argument("--families", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help="comma-separated strategy families to consider (default: all)")
+    p.add_argument("--cost", choices=("measured", "ideal"), default="measured",
+                   help="cost model: this device's kernel timings, or blocks at the dense kernel's speed")
+    p.add_argument("--backend", default="auto", help="attention backend the cost model times (default auto)")
+    p.add_argument("--device", default=None, help="device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="weights dtype for hub models (default bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--save-qkv", type=Path, default=None, help="also save q/k/v of --save-qkv-layers (safetensors)")
+    p.add_argument("--save-qkv-layers", type=_int_list, default=[0], help="layers for --save-qkv (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_profile)
+
+    i = subparsers.add_parser("inspect", help="show a profile: layer x head map of strategies, densities, errors")
+    i.add_argument("profile", type=Path)
+    i.add_argument("--plot", type=Path, default=None, help="also write a PNG heatmap here")
+    i.set_defaults(func=run_inspect)
+
+
+def _budget(text: str) -> float:
+    value = text.split("=", 1)[1] if text.startswith("error=") else text
+    try:
+        budget = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected error=<number>, e.g. error=0.05, got {text!r}") from None
+    if not budget >= 0:
+        raise argparse.ArgumentTypeError(f"the error budget must be >= 0, got {text!r}")
+    return budget
+
+
+def _warmup(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of the file that do not start with '#'."""
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise ValueError(f"{path}: no prompts (one per line; '#' starts a comment)")
+    return prompts
+
+
+def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, dict[str, Any]]:
+    """The pipeline for a --model argument and the extra call arguments it needs."""
+    from ..testing import TINY_CALL, tiny_pipeline
+
+    extra = lambda family: {k: v for k, v in TINY_CALL[family].items()  # noqa: E731
+                            if k not in ("num_frames", "height", "width", "num_inference_steps")}
+    if model == "tiny-wan":
+        try:
+            from ..tiny_model import load_tiny_wan
+
+            return load_tiny_wan(device=device), extra("wan")
+        except (ImportError, FileNotFoundError, OSError, ValueError) as error:
+            print(f"vidsparse profile: the trained tiny Wan model is not available ({error}); using the random "
+                  f"tiny Wan pipeline (vidsparse.testing.tiny_pipeline('wan')) instead", file=sys.stderr)
+            return tiny_pipeline("wan").to(device), extra("wan")
+    if model.startswith("tiny-"):
+        family = model[len("tiny-"):].removesuffix("-random")
+        return tiny_pipeline(family).to(device), extra(family)
+    from diffusers import DiffusionPipeline
+
+    chosen = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=getattr(torch, chosen))
+    return pipe.to(device), {}
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from .calibrate import profile_pipeline
+    from .report import summary_text
+
+    prompts = read_prompts(args.prompts)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe, call_kwargs = load_pipeline(args.model, device, args.dtype)
+    profile = profile_pipeline(
+        pipe, prompts, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
+        budget=args.budget, target_speedup=args.target_speedup, seed=args.seed, progress=not args.no_progress,
+        warmup=args.warmup, dense_layers=args.dense_layers, sample_steps=args.sample_steps, buckets=args.buckets,
+        rows=args.rows, families=args.families, backend=args.backend, cost_model=args.cost, name=args.model,
+        save_qkv=(args.save_qkv, args.save_qkv_layers) if args.save_qkv else None, call_kwargs=call_kwargs,
+    )
+    profile.save(args.out)
+    print(summary_text(profile, args.out))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from ..profile import Profile
+    from .report import inspect_text, plot
+
+    profile = Profile.load(args.profile)
+    print(inspect_text(profile))
+    if args.plot is not None:
+        plot(profile, args.plot)
+        print(f"heatmap: {args.plot}")
+    return 0

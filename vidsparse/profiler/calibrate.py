@@ -1,0 +1,384 @@
+"""`profile_pipeline`: run a pipeline densely on calibration prompts, score candidates, measure costs, select.
+
+    from vidsparse.profiler import profile_pipeline
+    profile = profile_pipeline(pipe, ["a red fox running in snow"], height=480, width=832, frames=81, steps=50,
+                               budget=0.05)            # or target_speedup=3.0
+    profile.save("profiles/my-model.json")
+    vidsparse.patch(pipe, profile=profile)
+
+Every attention call of the calibration runs the model's own dense kernel (`call.dense()`), so the generation is
+exactly the dense one. At the sampled steps, for every layer outside the dense schedule, the call's q/k/v are
+scored against every candidate (`scoring.score_call`) and only running means are kept; memory stays bounded by
+one call's scores. With `save_qkv`, the q/k/v of the chosen layers at the sampled steps are written with
+safetensors for offline re-search (that is the one thing that grows with the run, and only for those layers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from ..controller import DenseSchedule
+from ..layout import VideoLayout
+from ..profile import Bucket, Calibration, Hardware, HeadChoice, ModelSpec, Profile, Schedule, Summary
+from ..runtime import AttentionCall, inspect_model, install, uninstall
+from ..strategies import Strategy
+from .candidates import default_candidates
+from .cost import backend_name, ideal_cost_model, measure_cost_model
+from .scoring import ScoreTable, sample_rows, score_call
+from .select import LayerScores, layer_ms, select_for_speedup, select_within_budget
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 0.05
+
+
+def sampled_steps(steps: int, warmup: int, count: int) -> list[int]:
+    """`count` steps spread evenly over the sparse steps [warmup, steps) (all of them if fewer), first and last
+    included."""
+    sparse = list(range(warmup, steps))
+    if len(sparse) <= count:
+        return sparse
+    if count == 1:
+        return [sparse[len(sparse) // 2]]
+    return sorted({sparse[round(i * (len(sparse) - 1) / (count - 1))] for i in range(count)})
+
+
+def bucket_edges(steps: int, warmup: int, samples: Sequence[int], buckets: int) -> list[float]:
+    """Step-fraction edges [0, ..., 1] of at most `buckets` buckets splitting the sparse steps evenly, each holding
+    at least one sampled step (the first bucket also covers the warm-up)."""
+    sparse = steps - warmup
+    edges = [0.0]
+    for i in range(1, buckets):
+        edge = (warmup + round(i * sparse / buckets)) / steps
+        inside = [s for s in samples if edges[-1] <= s / steps < edge]
+        if inside and any(s / steps >= edge for s in samples):
+            edges.append(edge)
+    edges.append(1.0)
+    return edges
+
+
+def _bucket_index(edges: Sequence[float], step: int, steps: int) -> int:
+    fraction = step / steps
+    for i in range(len(edges) - 1):
+        if edges[i] <= fraction < edges[i + 1]:
+            return i
+    return len(edges) - 2
+
+
+class CalibrationController:
+    """AttentionController of the calibration run: dense output always; scoring at sampled steps."""
+
+    def __init__(
+        self,
+        candidates: list[Strategy],
+        table: ScoreTable,
+        *,
+        steps: int,
+        samples: Sequence[int],
+        edges: Sequence[float],
+        dense_layers: Iterable[int],
+        rows: int,
+        generator: torch.Generator,
+        save_layers: Iterable[int] = (),
+        on_step: Any = None,
+    ) -> None:
+        self.candidates, self.table, self.steps = candidates, table, steps
+        self.samples, self.edges = set(samples), list(edges)
+        self.dense_layers = set(dense_layers)
+        self.rows, self.generator = rows, generator
+        self.save_layers = set(save_layers)
+        self.saved: dict[str, torch.Tensor] = {}
+        self.layout: VideoLayout | None = None
+        self.head_dim, self.dtype, self.device = 0, torch.float32, torch.device("cpu")
+        self.on_step, self._last_step = on_step, None
+        self.calls = 0
+
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        out = call.dense()
+        if call.step != self._last_step:
+            self._last_step = call.step
+            if self.on_step is not None:
+                self.on_step()
+        if self.layout is None:
+            self.layout, self.head_dim = call.layout, call.q.shape[-1]
+            self.dtype, self.device = call.q.dtype, call.q.device
+        if call.step in self.samples and call.layer not in self.dense_layers:
+            rows = sample_rows(call.layout, self.rows, self.generator)
+            scores = score_call(self.candidates, call.q, call.k, call.v, call.layout, rows=rows, scale=call.scale,
+                                layer=call.layer)
+            self.table.add(_bucket_index(self.edges, call.step, self.steps), call.layer, scores)
+            if call.layer in self.save_layers:
+                prefix = f"step{call.step}.layer{call.layer}.call{self.calls}"
+                for name in ("q", "k", "v"):
+                    self.saved[f"{prefix}.{name}"] = getattr(call, name).detach().to("cpu").contiguous()
+            self.calls += 1
+        return out
+
+
+def config_hash(pipe: Any) -> str | None:
+    """sha256 (first 16 hex digits) of the transformer config: identifies the architecture when there is no
+    hub revision."""
+    transformer = getattr(pipe, "transformer", pipe)
+    config = getattr(transformer, "config", None)
+    if config is None:
+        return None
+    text = json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def profile_pipeline(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    height: int,
+    width: int,
+    frames: int,
+    steps: int,
+    budget: float | None = None,
+    target_speedup: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    warmup: int | float = 0.2,
+    dense_layers: Iterable[int] | None = None,
+    sample_steps: int = 3,
+    buckets: int = 2,
+    rows: int = 64,
+    families: Iterable[str] | None = None,
+    backend: str = "auto",
+    cost_model: str = "measured",
+    name: str | None = None,
+    save_qkv: tuple[str, Iterable[int]] | None = None,
+    call_kwargs: dict[str, Any] | None = None,
+) -> Profile:
+    """Profile `pipe` at this geometry and return the Profile (not saved; call `.save(path)`).
+
+    Args:
+        prompts: calibration prompts; each is one dense generation (seed + index).
+        budget: per-head error budget (relative L2 error of the attention output); default 0.05 when no
+            target_speedup is given.
+        target_speedup: predicted attention speed-up to reach with the least error instead of a budget.
+        warmup: dense warm-up steps (int count or fraction of `steps` in [0, 1)); not scored.
+        dense_layers: layers kept dense and not scored; default: the first layer of each transformer.
+        sample_steps: denoising steps scored (spread over the sparse steps).
+        buckets: step buckets (each gets its own choice per head).
+        rows: query rows sampled per call for the error and recall.
+        families: strategy families to consider (default: all registered).
+        backend: attention backend the cost model times ("auto" = what `vidsparse.patch` uses).
+        cost_model: "measured" (this device's kernel timings) or "ideal" (cost proportional to computed blocks at
+            the dense kernel's speed: for profiling on another machine than the target).
+        name: model name recorded in the profile (default: the pipeline's name_or_path or class).
+        save_qkv: (path, layers): also write q/k/v of these layers at the sampled steps to a safetensors file.
+        call_kwargs: extra arguments of the pipeline call (e.g. guidance_scale, max_sequence_length).
+    """
+    if cost_model not in ("measured", "ideal"):
+        raise ValueError(f"cost_model must be 'measured' or 'ideal', got {cost_model!r}")
+    if budget is not None and target_speedup is not None:
+        raise ValueError("give either budget or target_speedup, not both")
+    if budget is None and target_speedup is None:
+        budget = DEFAULT_BUDGET
+    if budget is not None and not budget >= 0:
+        raise ValueError(f"budget must be a relative error >= 0, got {budget!r}")
+    if target_speedup is not None and not target_speedup > 0:
+        raise ValueError(f"target_speedup must be > 0, got {target_speedup!r}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("give at least one calibration prompt")
+    started = time.perf_counter()
+    info = inspect_model(pipe)
+    schedule = DenseSchedule(warmup, frozenset(info.first_layers if dense_layers is None else dense_layers))
+    warm = min(schedule.warmup_count(steps), steps - 1)
+    samples = sampled_steps(steps, warm, sample_steps)
+    edges = bucket_edges(steps, warm, samples, buckets)
+    table_layers = [layer for layer in range(info.num_layers) if layer not in schedule.dense_layers]
+
+    device = getattr(pipe, "device", torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed)
+    # The candidate grid depends on the layout, which is known at the first call: score with a placeholder list
+    # built lazily from the first layout seen.
+    probe = _first_layout(pipe, prompts[0], height, width, frames, call_kwargs, seed)
+    candidates = default_candidates(probe, families)
+    table = ScoreTable(candidates, info.num_heads)
+    bar = _progress(len(prompts) * steps, progress)
+    controller = CalibrationController(
+        candidates, table, steps=steps, samples=samples, edges=edges, dense_layers=schedule.dense_layers,
+        rows=rows, generator=generator, save_layers=() if save_qkv is None else save_qkv[1],
+        on_step=bar.update if bar is not None else None,
+    )
+    install(pipe, controller)
+    try:
+        for index, prompt in enumerate(prompts):
+            controller._last_step = None
+            _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs)
+    finally:
+        uninstall(pipe)
+        if bar is not None:
+            bar.close()
+    calibration_s = time.perf_counter() - started
+    layout = controller.layout
+    if layout is None:
+        raise RuntimeError("the pipeline made no self-attention call that vidsparse could intercept")
+    if save_qkv is not None:
+        from safetensors.torch import save_file
+
+        save_file(controller.saved, str(save_qkv[0]))
+
+    cost_started = time.perf_counter()
+    cost = measure_cost_model(layout, info.num_heads, controller.head_dim, device=controller.device,
+                              dtype=controller.dtype, backend=backend, generator=generator)
+    if cost_model == "ideal":
+        cost = ideal_cost_model(cost, layout)
+    planning = _planning_ms(candidates, table)
+    cost_s = time.perf_counter() - cost_started
+
+    # Selection over every scored (bucket, layer).
+    weights = _bucket_weights(edges, steps, warm)
+    scored = []
+    for b in range(len(edges) - 1):
+        for layer in table_layers:
+            means = table.mean(b, layer)
+            if means is None:
+                raise RuntimeError(f"no call of layer {layer} was scored in step bucket {b}")
+            scored.append(LayerScores(b, layer, weights[b], **means))
+    dense_total = steps * info.num_layers * cost.dense_ms
+    fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
+    if target_speedup is not None:
+        choices = select_for_speedup(candidates, scored, cost, target_ms=dense_total / target_speedup, fixed_ms=fixed)
+    else:
+        choices = select_within_budget(candidates, scored, cost, budget)  # type: ignore[arg-type]
+    predicted = fixed + sum(s.weight * layer_ms(candidates, c, s, cost) for s, c in zip(scored, choices))
+
+    per_bucket = _choices(candidates, scored, choices, len(edges) - 1, info.num_layers, info.num_heads)
+    always_dense = [layer for layer in table_layers if all(
+        all(c.strategy.name == "dense" for c in per_bucket[b][layer]) for b in range(len(edges) - 1))]
+    dense_density = _mean_density(per_bucket, weights, steps, info.num_layers, info.num_heads)
+    errors = [float(s.error[c, torch.arange(c.numel())].mean()) for s, c in zip(scored, choices)]
+    summary = Summary(
+        mean_density=dense_density,
+        predicted_speedup=dense_total / predicted if predicted > 0 else math.inf,
+        predicted_error=sum(errors) / len(errors) if errors else 0.0,
+    )
+    profile = Profile(
+        model=ModelSpec(info.family, name or _model_name(pipe), config_hash(pipe), info.num_layers, info.num_heads,
+                        info.head_dim),
+        calibration=Calibration(len(prompts), steps, frames, height, width, layout.grid, seed, tuple(samples), rows,
+                                {"error": float(budget)} if target_speedup is None
+                                else {"target_speedup": float(target_speedup)},
+                                round(time.perf_counter() - started, 3)),
+        schedule=Schedule(warmup, tuple(sorted(set(schedule.dense_layers) | set(always_dense)))),
+        hardware=Hardware(cost_model, _device_name(controller.device), backend_name(backend, controller.device),
+                          str(controller.dtype).replace("torch.", ""), layout.seq_len, info.num_heads,
+                          controller.head_dim, layout.block_size, cost.dense_ms, cost.fixed_ms, cost.ms_per_block,
+                          cost.points, planning),
+        buckets=tuple(Bucket(edges[b], edges[b + 1], per_bucket[b]) for b in range(len(edges) - 1)),
+        summary=summary,
+    )
+    profile.timings.update(calibration_s=calibration_s, cost_model_s=cost_s,
+                           selection_s=time.perf_counter() - started - calibration_s - cost_s,
+                           total_s=time.perf_counter() - started)
+    return profile
+
+
+def _first_layout(pipe, prompt, height, width, frames, call_kwargs, seed) -> VideoLayout:
+    """The layout of this geometry, read from a one-step run's first attention call (cheap, exact)."""
+    seen: list[VideoLayout] = []
+
+    def controller(call: AttentionCall) -> torch.Tensor:
+        if not seen:
+            seen.append(call.layout)
+        raise _Stop
+
+    install(pipe, controller)
+    try:
+        _generate(pipe, prompt, height, width, frames, 1, seed, call_kwargs)
+    except _Stop:
+        pass
+    finally:
+        uninstall(pipe)
+    if not seen:
+        raise RuntimeError("the pipeline made no self-attention call that vidsparse could intercept")
+    return seen[0]
+
+
+class _Stop(Exception):
+    """Ends the layout probe at the first attention call."""
+
+
+def _generate(pipe, prompt, height, width, frames, steps, seed, call_kwargs) -> Any:
+    device = getattr(pipe, "device", torch.device("cpu"))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        return pipe(prompt=prompt, height=height, width=width, num_frames=frames, num_inference_steps=steps,
+                    generator=generator, output_type="latent", **(call_kwargs or {}))
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="calibration steps", unit="step")
+
+
+def _planning_ms(candidates: list[Strategy], table: ScoreTable) -> dict[str, float]:
+    """Mean planning time per call of each dynamic family over all scored calls."""
+    totals: dict[str, list[float]] = {}
+    for key, sums in table.sums.items():
+        count = table.counts[key]
+        for i, candidate in enumerate(candidates):
+            if candidate.is_dynamic:
+                totals.setdefault(candidate.name, []).append(float(sums["plan_ms"][i].mean()) / count)
+    return {name: round(sum(v) / len(v), 4) for name, v in sorted(totals.items())}
+
+
+def _bucket_weights(edges: Sequence[float], steps: int, warmup: int) -> list[float]:
+    """Sparse denoising steps in each bucket."""
+    counts = [0.0] * (len(edges) - 1)
+    for step in range(warmup, steps):
+        counts[_bucket_index(edges, step, steps)] += 1
+    return counts
+
+
+def _choices(candidates, scored, choices, num_buckets, num_layers, num_heads) -> list[tuple[tuple[HeadChoice, ...], ...]]:
+    dense = next(c for c in candidates if c.name == "dense")
+    dense_heads = tuple(HeadChoice(dense, 0.0, 1.0, 1.0) for _ in range(num_heads))
+    grid = [[dense_heads for _ in range(num_layers)] for _ in range(num_buckets)]
+    for scores, choice in zip(scored, choices):
+        heads = []
+        for head, index in enumerate(choice.tolist()):
+            strategy = candidates[index].at_layer(scores.layer)
+            heads.append(HeadChoice(strategy, _round(scores.error[index, head]), min(_round(scores.recall[index, head]), 1.0),
+                                    min(_round(scores.density[index, head]), 1.0)))
+        grid[scores.bucket][scores.layer] = tuple(heads)
+    return [tuple(layers) for layers in grid]
+
+
+def _round(value: torch.Tensor) -> float:
+    return float(f"{float(value):.5g}")
+
+
+def _mean_density(per_bucket, weights, steps, num_layers, num_heads) -> float:
+    """Token-pair density over the whole run: warm-up steps and dense layers count as 1."""
+    warm = steps - sum(weights)
+    total = warm * num_layers * num_heads
+    for bucket, weight in zip(per_bucket, weights):
+        total += weight * sum(c.density for layer in bucket for c in layer)
+    return min(total / (steps * num_layers * num_heads), 1.0)
+
+
+def _model_name(pipe: Any) -> str:
+    path = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    return str(path) if path else type(pipe).__name__
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type

@@ -1,0 +1,126 @@
+"""Choosing one candidate per (step bucket, layer, head) from the measured scores and the cost model.
+
+Two objectives:
+
+- error budget e: every head takes its cheapest candidate whose mean measured error is at most e (dense, error
+  0, always qualifies). Ties go to the lower error.
+- speed target x: minimize the total error subject to total predicted attention time <= dense time / x. This is a
+  multiple-choice knapsack (one choice per head); the Lagrangian relaxation decouples it per head:
+  head choice(lambda) = argmin_c  error_c + lambda * cost_c,  and a bisection on lambda finds the smallest
+  multiplier whose choices meet the time target (the relaxation's solutions are the convex hull points of each
+  head's error/cost curve, which is how the Lagrangian sweep of MoA-style searches works).
+
+Costs per head: dense = dense_ms / heads; skip = 0; a sparse candidate = its share of the fixed cost of a sparse
+call + ms_per_block * its computed block pairs + its planning time / heads (dynamic strategies). Bucket weights
+are the number of sparse denoising steps in the bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..strategies import Strategy
+from .cost import CostModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerScores:
+    """Mean scores of every candidate ([C, H] each) for one (bucket, layer) and the bucket's step weight."""
+
+    bucket: int
+    layer: int
+    weight: float
+    error: torch.Tensor
+    recall: torch.Tensor
+    density: torch.Tensor
+    blocks: torch.Tensor
+    plan_ms: torch.Tensor
+
+
+def head_costs(candidates: list[Strategy], scores: LayerScores, cost: CostModel) -> torch.Tensor:
+    """float64 [C, H]: predicted milliseconds per head and call of each candidate."""
+    heads = scores.error.shape[1]
+    costs = torch.empty_like(scores.error)
+    for i, candidate in enumerate(candidates):
+        if candidate.name == "dense":
+            costs[i] = cost.dense_ms / heads
+        elif candidate.name == "skip":
+            costs[i] = 0.0
+        else:
+            costs[i] = cost.head_ms(0.0) + cost.ms_per_block * scores.blocks[i] + scores.plan_ms[i] / heads
+    return costs
+
+
+def layer_ms(candidates: list[Strategy], choice: torch.Tensor, scores: LayerScores, cost: CostModel) -> float:
+    """Predicted milliseconds of one call of this layer with per-head choices `choice` [H] (long)."""
+    chosen = [candidates[int(c)] for c in choice]
+    if all(s.name == "dense" for s in chosen):
+        return cost.dense_ms
+    heads = torch.arange(choice.numel())
+    blocks = scores.blocks[choice, heads].clone()
+    full = scores.blocks.max()  # a dense head inside a sparse call computes every block pair
+    for h, s in enumerate(chosen):
+        if s.name == "dense":
+            blocks[h] = full
+        elif s.name == "skip":
+            blocks[h] = 0
+    planning = sum(float(scores.plan_ms[int(c)].mean()) for c in set(choice.tolist()) if candidates[int(c)].is_dynamic)
+    return cost.sparse_ms(float(blocks.sum())) + planning
+
+
+def select_within_budget(candidates: list[Strategy], layers: list[LayerScores], cost: CostModel, budget: float) -> list[torch.Tensor]:
+    """Per layer scores, the chosen candidate index per head ([H] long): cheapest with error <= budget."""
+    choices = []
+    for scores in layers:
+        costs = head_costs(candidates, scores, cost)
+        allowed = scores.error <= budget
+        allowed[[i for i, c in enumerate(candidates) if c.name == "dense"]] = True
+        # Cheapest first, then lowest error: a tiny error tie-breaker term.
+        key = torch.where(allowed, costs + 1e-9 * scores.error, torch.full_like(costs, math.inf))
+        choices.append(key.argmin(0))
+    return choices
+
+
+def select_for_speedup(
+    candidates: list[Strategy], layers: list[LayerScores], cost: CostModel, *, target_ms: float, fixed_ms: float
+) -> list[torch.Tensor]:
+    """Least total (weighted) error whose predicted time fits `target_ms`, by a Lagrangian sweep.
+
+    Args:
+        target_ms: total attention milliseconds allowed for the whole run (dense time / speed target).
+        fixed_ms: milliseconds of the calls that stay dense whatever the choice (warm-up steps, dense layers).
+    """
+    unit = cost.dense_ms / max(layers[0].error.shape[1], 1) if layers else 1.0  # lambda in errors per dense head
+    costs = [head_costs(candidates, s, cost) / max(unit, 1e-12) for s in layers]
+
+    def choose(lam: float) -> tuple[list[torch.Tensor], float]:
+        picks, total = [], fixed_ms
+        for scores, c in zip(layers, costs):
+            pick = (scores.error + lam * c + 1e-9 * c).argmin(0)
+            picks.append(pick)
+            total += scores.weight * layer_ms(candidates, pick, scores, cost)
+        return picks, total
+
+    low, high = 1e-6, 1e6
+    picks, total = choose(low)
+    if total <= target_ms:
+        return picks
+    picks, total = choose(high)
+    if total > target_ms:
+        logger.warning("speed target not reachable: the cheapest choices take %.3g ms for a target of %.3g ms",
+                       total, target_ms)
+        return picks
+    while high / low > 1.01:  # bisection in log space: the smallest multiplier that meets the target
+        mid = math.sqrt(low * high)
+        mid_picks, mid_total = choose(mid)
+        if mid_total <= target_ms:
+            high, picks = mid, mid_picks
+        else:
+            low = mid
+    return picks

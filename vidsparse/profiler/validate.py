@@ -1,0 +1,87 @@
+"""Checking a profile on its pipeline: the attention errors the patched pipeline achieves vs the predicted ones.
+
+The patched pipeline runs with the profile's policy (the same `SparseController` that `vidsparse.patch` builds);
+at every sparse call the controller's output is compared with the model's dense kernel on the same q/k/v, per
+head, over the video query rows (the rows the profiler samples). Inputs of later layers already carry the
+sparse error of earlier ones, so this is the error in the running pipeline, not on dense activations. The final
+latents are also compared with a dense run of the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..controller import SparseController
+from ..profile import Profile
+from ..runtime import AttentionCall, install, uninstall
+from .calibrate import _generate
+
+
+class _ErrorProbe:
+    """Runs the profile's SparseController and records per-head output errors against the dense kernel."""
+
+    def __init__(self, profile: Profile, backend: str) -> None:
+        self.profile = profile
+        self.inner = SparseController(profile.policy(), backend)
+        self.errors: dict[tuple[int, int, int], list[float]] = {}
+
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        out = self.inner(call)
+        num_heads = call.q.shape[1]
+        if call.step is None or call.num_steps is None:
+            return out
+        if self.profile.policy().strategies(call.step, call.num_steps, call.layer, num_heads) is None:
+            return out
+        dense = call.dense()
+        video = slice(call.layout.video_offset, call.layout.video_offset + call.layout.num_video_tokens)
+        diff = (out[:, :, video].double() - dense[:, :, video].double()).square().sum((-1, -2))
+        norm = dense[:, :, video].double().square().sum((-1, -2))
+        error = (diff / norm).sqrt().mean(0)  # [H], mean over the batch like the profiler
+        bucket = self.profile.buckets.index(self.profile.bucket_at(call.step, call.num_steps))
+        for head in range(num_heads):
+            self.errors.setdefault((bucket, call.layer, head), []).append(float(error[head]))
+        return out
+
+
+def measure_achieved_error(
+    pipe: Any,
+    profile: Profile,
+    prompts: Sequence[str],
+    *,
+    height: int,
+    width: int,
+    frames: int,
+    steps: int,
+    seed: int = 0,
+    backend: str = "auto",
+    call_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Predicted vs achieved per-head attention error of `pipe` patched with `profile`.
+
+    Returns a dict: "predicted_error" and "achieved_error" (means over the sparse (bucket, layer, head) entries
+    that ran), "heads" (a list of {bucket, layer, head, strategy, predicted, achieved}), and "latent_error" (relative
+    L2 error of the final latents vs a dense run with the same seeds, mean over prompts).
+    """
+    probe = _ErrorProbe(profile, backend)
+    latent_errors = []
+    for index, prompt in enumerate(prompts):
+        dense = _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames
+        install(pipe, probe)
+        try:
+            sparse = _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames
+        finally:
+            uninstall(pipe)
+        latent_errors.append(float((sparse.double() - dense.double()).norm() / dense.double().norm()))
+    heads = []
+    for (bucket, layer, head), values in sorted(probe.errors.items()):
+        choice = profile.buckets[bucket].heads[layer][head]
+        if choice.strategy.name == "dense":
+            continue
+        heads.append({"bucket": bucket, "layer": layer, "head": head, "strategy": choice.strategy.name,
+                      "predicted": choice.error, "achieved": sum(values) / len(values)})
+    mean = lambda key: sum(h[key] for h in heads) / len(heads) if heads else 0.0  # noqa: E731
+    return {"predicted_error": mean("predicted"), "achieved_error": mean("achieved"), "heads": heads,
+            "latent_error": sum(latent_errors) / len(latent_errors)}
