@@ -5,6 +5,7 @@ the plan's working (tile) order use `to_working_order` / `from_working_order` ar
 
 Backends:
     reference  plain torch with an explicit token mask, any dtype (float64 is the oracle of every test)
+    gather     plain torch: each query block's key blocks gathered, batched SDPA calls (the CPU fast path)
     flex       torch FlexAttention with a BlockMask built from the plan, compiled
     triton     the fused block-sparse flash-attention kernel in `vidsparse.kernels`
     auto       triton on CUDA, the fastest correct CPU path otherwise
@@ -95,6 +96,10 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockP
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch, heads and head_dim")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.dtype.is_floating_point:
+        raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     b, h, sq, _ = q.shape
     if h != plan.num_heads:
         raise ValueError(f"q has {h} heads but the plan has {plan.num_heads}")

@@ -1,0 +1,252 @@
+"""VideoLayout and BlockPlan against independent constructions from token coordinates and plain boolean masks."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vidsparse import BlockPlan, PlanError, VideoLayout
+from vidsparse.attention import expand_plan
+from vidsparse.layout import default_tile
+
+TILES = [(1, 4, 4), (2, 4, 2), (2, 2, 4), (1, 8, 16), (2, 8, 8), (4, 2, 2)]
+
+
+def _expected_block_of_token(layout: VideoLayout) -> torch.Tensor:
+    """Working block of every model-order token, from (f, h, w) arithmetic alone."""
+    tf, th, tw = layout.tile
+    nh, nw = math.ceil(layout.height / th), math.ceil(layout.width / tw)
+    blocks = torch.empty(layout.seq_len, dtype=torch.int64)
+    i = 0
+    for f in range(layout.frames):
+        for h in range(layout.height):
+            for w in range(layout.width):
+                blocks[layout.video_offset + i] = ((f // tf) * nh + h // th) * nw + w // tw
+                i += 1
+    text = torch.arange(layout.text_tokens) // layout.block_size + layout.num_video_blocks
+    blocks[layout.text_offset : layout.text_offset + layout.text_tokens] = text
+    return blocks
+
+
+def _check_layout(layout: VideoLayout) -> None:
+    perm, inv, bs = layout.permutation, layout.inverse_permutation, layout.block_size
+    assert perm.shape == (layout.padded_len,) and inv.shape == (layout.seq_len,)
+    assert layout.padded_len == layout.num_blocks * bs >= layout.seq_len
+    real = perm[perm >= 0]
+    assert torch.equal(torch.sort(real).values, torch.arange(layout.seq_len))  # every token exactly once
+    assert int((perm < 0).sum()) == layout.padded_len - layout.seq_len
+    assert torch.equal(perm[inv], torch.arange(layout.seq_len))  # round trip
+    # Each token sits in the block of its tile (text: the text blocks, in order).
+    assert torch.equal(inv // bs, _expected_block_of_token(layout))
+    # Inside a block: real tokens first, in the model's (f, h, w) order, then padding.
+    blocks = perm.view(layout.num_blocks, bs)
+    lengths = (blocks >= 0).sum(1)
+    assert torch.equal(layout.block_lengths, lengths.to(torch.int32))
+    for row, n in zip(blocks, lengths.tolist()):
+        assert bool((row[:n] >= 0).all()) and bool((row[n:] < 0).all())
+        assert bool((row[1:n] > row[: n - 1]).all())
+    # Edge tiles of a non-divisible grid hold exactly the grid cells inside them.
+    tf, th, tw = layout.tile
+    for block in range(layout.num_video_blocks):
+        cf, ch, cw = layout.tile_coords(block)
+        cells = [min(t, n - c * t) for n, t, c in zip(layout.grid, layout.tile, (cf, ch, cw))]
+        assert int(lengths[block]) == math.prod(cells)
+        assert layout.tile_block(cf, ch, cw) == block
+        assert tuple(layout.block_tile_coords[block].tolist()) == (cf, ch, cw)
+    assert list(layout.text_blocks()) == list(range(layout.num_video_blocks, layout.num_blocks))
+    assert int(lengths[layout.num_video_blocks :].sum()) == layout.text_tokens
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    frames=st.integers(1, 5),
+    height=st.integers(1, 10),
+    width=st.integers(1, 10),
+    text_tokens=st.integers(0, 40),
+    text_position=st.sampled_from(["suffix", "prefix"]),
+    tile=st.sampled_from(TILES),
+)
+def test_random_layouts(frames, height, width, text_tokens, text_position, tile):
+    _check_layout(VideoLayout(frames, height, width, text_tokens=text_tokens, text_position=text_position, tile=tile))
+
+
+def test_text_prefix_and_suffix_positions():
+    prefix = VideoLayout(2, 4, 4, text_tokens=5, text_position="prefix", tile=(1, 4, 4))
+    suffix = VideoLayout(2, 4, 4, text_tokens=5, text_position="suffix", tile=(1, 4, 4))
+    # Text always ends the working order: block 2 holds the 5 text tokens then 11 padding slots.
+    assert prefix.permutation[32:37].tolist() == [0, 1, 2, 3, 4]
+    assert suffix.permutation[32:37].tolist() == [32, 33, 34, 35, 36]
+    assert prefix.permutation[:16].tolist() == list(range(5, 21))
+    assert suffix.permutation[:16].tolist() == list(range(16))
+    assert prefix.token_coords[:5].tolist() == [[-1, -1, -1]] * 5
+    assert prefix.token_coords[5].tolist() == [0, 0, 0]
+    assert suffix.token_coords[-1].tolist() == [-1, -1, -1]
+
+
+def test_padding_for_non_divisible_grid():
+    layout = VideoLayout(3, 5, 7, tile=(2, 4, 4))
+    assert layout.tile_grid == (2, 2, 2)
+    assert layout.block_lengths.tolist() == [2 * 4 * 4, 2 * 4 * 3, 2 * 1 * 4, 2 * 1 * 3, 4 * 4, 4 * 3, 4, 3]
+    assert layout.seq_len == 105 and layout.padded_len == 256
+
+
+def test_default_tile_and_layout_errors():
+    assert default_tile(1, 16, 8) == (1, 16, 8)  # the only 128-tile without padding
+    assert math.prod(VideoLayout(21, 30, 52).tile) == 128
+    with pytest.raises(ValueError, match="power of two"):
+        VideoLayout(2, 4, 4, tile=(1, 3, 4))
+    with pytest.raises(ValueError, match="frames"):
+        VideoLayout(0, 4, 4)
+    with pytest.raises(ValueError, match="text_position"):
+        VideoLayout(1, 4, 4, text_tokens=2, text_position="middle")
+    layout = VideoLayout(2, 4, 4, tile=(1, 4, 4))
+    with pytest.raises(IndexError):
+        layout.tile_coords(2)
+    with pytest.raises(IndexError):
+        layout.tile_block(0, 1, 0)
+
+
+# ----- BlockPlan ------------------------------------------------------------------------------------------
+def _random_mask(batch: int, heads: int, mq: int, mk: int, density: float = 0.3) -> torch.Tensor:
+    mask = torch.rand(batch, heads, mq, mk) < density
+    mask[..., torch.arange(mq), torch.arange(mq) % mk] = True  # no empty query block
+    return mask
+
+
+def _expected_dense(block_mask: torch.Tensor, q_blocks: torch.Tensor, k_blocks: torch.Tensor) -> torch.Tensor:
+    """Token mask as one-hot(q_blocks) @ block_mask @ one-hot(k_blocks)^T (no indexing into the block mask)."""
+    rows = torch.nn.functional.one_hot(q_blocks, block_mask.shape[-2]).double()
+    cols = torch.nn.functional.one_hot(k_blocks, block_mask.shape[-1]).double()
+    return (rows @ block_mask.double() @ cols.T) > 0.5
+
+
+def _plan(counts, indices, **kw):
+    args = dict(block_q=4, block_k=4, q_len=8, kv_len=12)
+    args.update(kw)
+    return BlockPlan(torch.tensor(counts, dtype=torch.int32), torch.tensor(indices, dtype=torch.int32), **args)
+
+
+def test_plan_validation_errors():
+    # Valid: 2 query blocks over 3 key blocks; unused slots may hold anything.
+    plan = _plan([[[1, 2]]], [[[[2, -7], [0, 1]]]])
+    assert plan.num_q_blocks == 2 and plan.num_kv_blocks == 3
+    with pytest.raises(PlanError, match="out of range"):
+        _plan([[[1, 2]]], [[[[3, 0], [0, 1]]]])
+    with pytest.raises(PlanError, match="out of range"):
+        _plan([[[1, 2]]], [[[[-1, 0], [0, 1]]]])
+    with pytest.raises(PlanError, match="repeats"):
+        _plan([[[1, 2]]], [[[[0, 0], [1, 1]]]])
+    with pytest.raises(PlanError, match="int32"):
+        BlockPlan(torch.ones(1, 1, 2, dtype=torch.int64), torch.zeros(1, 1, 2, 1, dtype=torch.int32), 4, 4, 8, 12)
+    with pytest.raises(PlanError, match="int32"):
+        BlockPlan(torch.ones(1, 1, 2, dtype=torch.int32), torch.zeros(1, 2, 1, dtype=torch.int32), 4, 4, 8, 12)
+    with pytest.raises(PlanError, match="does not match"):
+        _plan([[[1, 1]]], [[[[0]], [[0]]]])
+    with pytest.raises(PlanError, match="query blocks"):
+        _plan([[[1, 1, 1]]], [[[[0], [0], [0]]]])
+    with pytest.raises(PlanError, match="kv_counts must lie"):
+        _plan([[[2, 1]]], [[[[0], [1]]]])
+    with pytest.raises(PlanError, match="no key block"):
+        _plan([[[1, 0]]], [[[[0], [1]]]])
+    with pytest.raises(PlanError, match="block_q"):
+        _plan([[[1, 1]]], [[[[0], [1]]]], block_q=0)
+    with pytest.raises(PlanError, match="skip_heads"):
+        _plan([[[1, 1]]], [[[[0], [1]]]], skip_heads=torch.tensor([True]))
+    with pytest.raises(PlanError, match="skip_heads must be a bool"):
+        _plan([[[0, 0]]], [[[[0], [1]]]], skip_heads=torch.tensor([1]))
+    layout = VideoLayout(1, 4, 8, tile=(1, 4, 4))
+    with pytest.raises(PlanError, match="layout"):
+        BlockPlan(torch.ones(1, 1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 1, dtype=torch.int32), 8, 8, 32, 32, layout=layout)
+    with pytest.raises(PlanError, match="bool"):
+        BlockPlan.from_mask(torch.ones(1, 1, 2, 2), layout=layout)
+    with pytest.raises(PlanError, match="give block_q"):
+        BlockPlan.from_mask(torch.ones(1, 1, 2, 2, dtype=torch.bool), block_q=4)
+
+
+def test_skipped_head_empty_rows_are_allowed():
+    plan = _plan([[[1, 1], [0, 0]]], [[[[0], [1]], [[0], [0]]]], skip_heads=torch.tensor([False, True]))
+    assert not bool(plan.to_dense_mask()[0, 1].any())
+    assert plan.density(per_head=True)[0, 1] == 0
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_from_mask_round_trip_and_dense_mask_without_layout(batch):
+    block_q, block_k, q_len, kv_len = 4, 8, 22, 37  # ragged last blocks on both sides
+    mq, mk = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
+    mask = _random_mask(batch, 2, mq, mk)
+    plan = BlockPlan.from_mask(mask, block_q=block_q, block_k=block_k, q_len=q_len, kv_len=kv_len)
+    assert plan.kv_counts.dtype == plan.kv_indices.dtype == torch.int32
+    assert torch.equal(plan.to_block_mask(), mask)
+    assert torch.equal(plan.kv_counts, mask.sum(-1).to(torch.int32))
+    dense = _expected_dense(mask, torch.arange(q_len) // block_q, torch.arange(kv_len) // block_k)
+    assert torch.equal(plan.to_dense_mask(), dense)
+    rows = torch.tensor([21, 0, 5])
+    assert torch.equal(plan.to_dense_mask(rows), dense[:, :, rows])
+    # Density and FLOPs count real token pairs only.
+    pairs = dense.sum(dim=(-1, -2)).double()
+    torch.testing.assert_close(plan.density(per_head=True), pairs / (q_len * kv_len))
+    assert plan.density() == pytest.approx(float(pairs.mean()) / (q_len * kv_len))
+    assert plan.flops(64) == pytest.approx(4 * 64 * float(pairs.sum()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    frames=st.integers(1, 4),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    text_tokens=st.integers(0, 20),
+    text_position=st.sampled_from(["suffix", "prefix"]),
+    tile=st.sampled_from(TILES[:3]),
+    batch=st.sampled_from([1, 2]),
+    density=st.floats(0.0, 1.0),
+)
+def test_dense_mask_with_layout_matches_token_mask(frames, height, width, text_tokens, text_position, tile, batch, density):
+    layout = VideoLayout(frames, height, width, text_tokens=text_tokens, text_position=text_position, tile=tile)
+    m = layout.num_blocks
+    mask = _random_mask(batch, 2, m, m, density)
+    plan = BlockPlan.from_mask(mask, layout=layout)
+    assert torch.equal(plan.to_block_mask(), mask)
+    blocks = _expected_block_of_token(layout)
+    dense = _expected_dense(mask, blocks, blocks)
+    assert torch.equal(plan.to_dense_mask(), dense)
+    torch.testing.assert_close(plan.density(per_head=True), dense.sum(dim=(-1, -2)).double() / layout.seq_len**2)
+
+
+def test_union():
+    layout = VideoLayout(2, 5, 6, text_tokens=7, tile=(1, 4, 4))
+    m = layout.num_blocks
+    skip_a, skip_b = torch.tensor([True, True, False]), torch.tensor([True, False, False])
+    mask_a, mask_b = _random_mask(1, 3, m, m), _random_mask(2, 3, m, m)
+    mask_a[:, 0:2] = False
+    mask_b[:, 0] = False
+    a = BlockPlan.from_mask(mask_a, layout=layout, skip_heads=skip_a)
+    b = BlockPlan.from_mask(mask_b, layout=layout, skip_heads=skip_b)
+    union = a | b
+    assert union.batch == 2
+    assert torch.equal(union.to_dense_mask(), a.to_dense_mask() | b.to_dense_mask())
+    assert union.skip_heads.tolist() == [True, False, False]  # skipped only where both skip
+    other = BlockPlan.from_mask(_random_mask(1, 3, 4, 4), block_q=4, block_k=4, q_len=16, kv_len=16)
+    with pytest.raises(PlanError, match="union"):
+        a | other
+
+
+def test_batch_broadcast_shares_storage():
+    layout = VideoLayout(2, 4, 8, tile=(1, 4, 4))
+    plan = BlockPlan.from_mask(_random_mask(1, 2, layout.num_blocks, layout.num_blocks), layout=layout)
+    counts, indices = expand_plan(plan, 4)
+    assert counts.shape == (4, 2, layout.num_blocks) and indices.shape[0] == 4
+    assert counts.data_ptr() == plan.kv_counts.data_ptr() and counts.stride(0) == 0
+    assert indices.data_ptr() == plan.kv_indices.data_ptr() and indices.stride(0) == 0
+
+
+def test_concat_and_select_heads():
+    layout = VideoLayout(2, 4, 4, tile=(1, 4, 4))
+    m = layout.num_blocks
+    a = BlockPlan.from_mask(_random_mask(1, 2, m, m), layout=layout)
+    b = BlockPlan.from_mask(_random_mask(2, 1, m, m, 0.9), layout=layout)
+    both = BlockPlan.concat_heads([a, b])
+    assert both.batch == 2 and both.num_heads == 3
+    assert torch.equal(both.to_block_mask()[:, :2], a.to_block_mask().expand(2, -1, -1, -1))
+    assert torch.equal(both.select_heads([2]).to_block_mask(), b.to_block_mask())
