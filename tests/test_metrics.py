@@ -84,3 +84,15 @@ def test_bad_rows_are_rejected(rows, match):
     plan = BlockPlan.from_mask(torch.ones(1, 1, 8, 8, dtype=torch.bool), layout=layout)
     with pytest.raises(ValueError, match=match):
         relative_l2_error(q, k, v, plan, rows=rows)
+
+
+def test_one_head_plan_is_scored_on_every_head():
+    # A static strategy's plan has one head; each head of q is scored as if the plan were copied to it.
+    layout = VideoLayout(3, 5, 7, text_tokens=4, tile=(1, 4, 4))
+    q, k, v = (torch.randn(2, 3, layout.seq_len, 8) for _ in range(3))
+    plan = _random_plan(layout, 1, 1)
+    copied = BlockPlan.concat_heads([plan] * 3)
+    err, recall = _brute_force(q, k, v, copied, torch.arange(layout.seq_len), 1 / math.sqrt(8))
+    torch.testing.assert_close(relative_l2_error(q, k, v, plan), err, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(attention_recall(q, k, plan), recall, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(err[:, 0], err[:, 1])  # different heads, different errors
