@@ -1,10 +1,12 @@
 """Sparse attention under diffusers' context parallelism (vidsparse.parallel).
 
-The main test runs diffusers' own Ulysses context parallelism on CPU: two processes (gloo), each with the tiny Wan
-pipeline (4 heads) patched with a policy whose heads all use different strategies (static and dynamic), compared
-with the same patched pipeline in this process. diffusers 0.42 computes `rank % torch.accelerator.device_count()`
-when it builds the mesh, which divides by zero on a machine without accelerator; the workers report one device
-(the device is only recorded, tensors stay on CPU).
+Two processes (gloo, set up by accelerate's PartialState) run diffusers' own Ulysses context parallelism on CPU,
+each with the tiny Wan pipeline (4 heads) patched with a policy whose heads all use different strategies (static
+and dynamic), compared with the same patched pipeline in this process; the same processes merge calibration score
+tables (vidsparse.profiler.distributed), compared with one table filled with every call.
+
+diffusers 0.42 computes `rank % torch.accelerator.device_count()` when it builds the mesh, which divides by zero on
+a machine without accelerator; the workers report one device (it is only recorded; tensors stay on the CPU).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch.multiprocessing as mp
 
 from vidsparse.parallel import ContextParallelError, check_context_parallel
 from vidsparse.patch import SparseController, install
+from vidsparse.profiler.distributed import all_reduce_score_table, split_prompts
+from vidsparse.profiler.scoring import CallScores, ScoreTable
 from vidsparse.strategies import get
 from vidsparse.testing import TINY_CALL, tiny_pipeline
 
@@ -76,30 +80,49 @@ def _generate(policy: RotatingPolicy, seed: int, parallel: bool = False) -> tupl
         pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
     generator = torch.Generator().manual_seed(seed)
     embeds = torch.randn(1, 16, 32, generator=generator)
-    out = pipe(
-        prompt_embeds=embeds,
-        negative_prompt_embeds=torch.randn(1, 16, 32, generator=generator),
-        generator=generator,
-        output_type="latent",
-        **TINY_CALL["wan"],
-    )
+    # guidance_scale=1: one transformer call per step (no classifier-free guidance), to keep the test short.
+    out = pipe(prompt_embeds=embeds, guidance_scale=1.0, generator=generator, output_type="latent", **TINY_CALL["wan"])
     return out.frames, recorder
+
+
+def _score_calls(seed: int) -> list[tuple[int, int, CallScores]]:
+    """Scores of N_CALLS calibration calls (bucket, layer, scores); key (1, 3) only in the last call."""
+    generator = torch.Generator().manual_seed(seed)
+    keys = [(0, 1), (0, 1), (1, 1), (0, 2), (1, 3)]
+    shape = (len(_strategy_pool()), HEADS)
+
+    def draw(*size):
+        return torch.rand(*size, generator=generator, dtype=torch.float64)
+
+    return [(b, layer, CallScores(draw(*shape), draw(*shape), draw(*shape), draw(*shape), draw(shape[0])))
+            for b, layer in keys]
 
 
 def _worker(rank: int, port: int, seed: int, results) -> None:
     try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                          WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
         torch.set_num_threads(1)
-        import torch.distributed as dist
+        from accelerate import PartialState
 
-        dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+        state = PartialState(cpu=True)  # initializes the gloo process group from the environment
+        # Calibration statistics: this rank's share of the calls, merged over ranks.
+        calls = _score_calls(seed)
+        mine = split_prompts([f"prompt {i}" for i in range(len(calls))], state)
+        table = ScoreTable(list(_strategy_pool()), HEADS)
+        for index, _ in mine:
+            table.add(*calls[index])
+        all_reduce_score_table(table)
+        # Plain arrays: tensors sent through a queue are shared memory, gone when this process ends.
+        merged = ({key: {name: t.numpy() for name, t in sums.items()} for key, sums in table.sums.items()},
+                  table.counts, {key: t.numpy() for key, t in table.max_error.items()})
+        # Ulysses context parallelism.
         torch.accelerator.device_count = lambda: 1  # see the module docstring
         policy = RotatingPolicy()
         out, recorder = _generate(policy, seed, parallel=True)
-        results.put((rank, out.numpy(), recorder.seen, policy.asked, recorder.inner.stats))
-        dist.destroy_process_group()
+        results.put((rank, out.numpy(), recorder.seen, policy.asked, recorder.inner.stats, [i for i, _ in mine], merged))
     except BaseException:
-        results.put((rank, traceback.format_exc(), None, None, None))
+        results.put((rank, traceback.format_exc(), None, None, None, None, None))
 
 
 def _free_port() -> int:
@@ -108,7 +131,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ulysses_matches_single_process_with_per_head_strategies():
+@pytest.fixture(scope="module")
+def ranks():
+    """Per rank: (output, calls seen, head counts asked, controller stats, share of calls, merged score table),
+    plus the seed they used; the two ranks run while this process computes its own results."""
     seed = torch.initial_seed() % (2**31)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -117,31 +143,65 @@ def test_ulysses_matches_single_process_with_per_head_strategies():
     for p in procs:
         p.start()
     try:
-        expected, recorder = _generate(RotatingPolicy(), seed)
-        stats = recorder.inner.stats
-        assert stats["sparse_calls"] > 0 and stats["dense_calls"] == 0
-        assert {heads for heads, _, _ in recorder.seen} == {None}
-        # What a rank would compute if it used the strategies of heads 0..H/N-1 instead of its own heads.
-        unsharded, _ = _generate(RotatingPolicy(period=HEADS // WORLD), seed)
         reports = {}
         for _ in range(WORLD):
-            rank, out, seen, asked, rank_stats = results.get(timeout=TIMEOUT_S)
-            assert seen is not None, f"rank {rank} failed:\n{out}"
-            reports[rank] = (torch.from_numpy(out), seen, asked, rank_stats)
+            rank, out, *rest = results.get(timeout=TIMEOUT_S)
+            assert rest[0] is not None, f"rank {rank} failed:\n{out}"
+            reports[rank] = (torch.from_numpy(out), *rest)
     finally:
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
+    return seed, reports
+
+
+def test_ulysses_matches_single_process_with_per_head_strategies(ranks):
+    seed, reports = ranks
+    expected, recorder = _generate(RotatingPolicy(), seed)
+    stats = recorder.inner.stats
+    assert stats["sparse_calls"] > 0 and stats["dense_calls"] == 0
+    assert {heads for heads, _, _ in recorder.seen} == {None}
     seq_len = 3 * 16 * 16  # 9 frames of 256 x 256 -> latent 3 x 32 x 32 -> patches (1, 2, 2)
     local = HEADS // WORLD
-    for rank, (out, seen, asked, rank_stats) in sorted(reports.items()):
+    for rank, (out, seen, asked, rank_stats, *_) in sorted(reports.items()):
         # This rank's global heads, over the whole sequence (after diffusers' all-to-all).
         assert seen == {(range(rank * local, (rank + 1) * local), HEADS, seq_len)}
         assert asked == {HEADS}  # the policy is asked for the model's heads; the controller keeps this rank's
         assert rank_stats["sparse_calls"] == stats["sparse_calls"] and rank_stats["dense_calls"] == 0
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    # What a rank would compute if it used the strategies of heads 0..H/N-1 instead of its own heads: different.
+    unsharded, _ = _generate(RotatingPolicy(period=local), seed)
     assert not torch.allclose(unsharded, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_score_tables_merged_across_ranks_equal_one_process_table(ranks):
+    seed, reports = ranks
+    calls = _score_calls(seed)
+    shares = [reports[rank][4] for rank in range(WORLD)]
+    assert sorted(i for share in shares for i in share) == list(range(len(calls))) and all(shares)
+    single = ScoreTable(list(_strategy_pool()), HEADS)
+    for call in calls:
+        single.add(*call)
+    for rank in range(WORLD):
+        sums, counts, worst = reports[rank][5]
+        assert counts == single.counts
+        assert sums.keys() == single.sums.keys()
+        for key in single.sums:
+            for name, total in single.sums[key].items():
+                torch.testing.assert_close(torch.from_numpy(sums[key][name]), total, rtol=1e-12, atol=1e-12)
+            assert torch.equal(torch.from_numpy(worst[key]), single.max_error[key])
+
+
+def test_all_reduce_without_process_group_leaves_the_table():
+    table = ScoreTable(list(_strategy_pool()), HEADS)
+    bucket, layer, scores = _score_calls(torch.initial_seed())[0]
+    table.add(bucket, layer, scores)
+    before = {name: t.clone() for name, t in table.sums[(bucket, layer)].items()}
+    assert all_reduce_score_table(table) is table
+    assert table.counts == {(bucket, layer): 1}
+    for name, total in before.items():
+        assert torch.equal(table.sums[(bucket, layer)][name], total)
 
 
 @pytest.mark.parametrize(
