@@ -78,8 +78,8 @@ class CalibrationController:
 
     def __init__(
         self,
-        candidates: list[Strategy],
-        table: ScoreTable,
+        families: Iterable[str] | None,
+        num_heads: int,
         *,
         steps: int,
         samples: Sequence[int],
@@ -90,26 +90,34 @@ class CalibrationController:
         save_layers: Iterable[int] = (),
         on_step: Any = None,
     ) -> None:
-        self.candidates, self.table, self.steps = candidates, table, steps
+        self.families, self.num_heads, self.steps = families, num_heads, steps
         self.samples, self.edges = set(samples), list(edges)
         self.dense_layers = set(dense_layers)
         self.rows, self.generator = rows, generator
         self.save_layers = set(save_layers)
         self.saved: dict[str, torch.Tensor] = {}
+        # Set at the first call: the candidate grid depends on the layout.
         self.layout: VideoLayout | None = None
+        self.candidates: list[Strategy] = []
+        self.table: ScoreTable | None = None
         self.head_dim, self.dtype, self.device = 0, torch.float32, torch.device("cpu")
-        self.on_step, self._last_step = on_step, None
+        self.on_step, self.last_step = on_step, None
         self.calls = 0
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         out = call.dense()
-        if call.step != self._last_step:
-            self._last_step = call.step
+        if call.step != self.last_step:
+            self.last_step = call.step
             if self.on_step is not None:
                 self.on_step()
         if self.layout is None:
             self.layout, self.head_dim = call.layout, call.q.shape[-1]
             self.dtype, self.device = call.q.dtype, call.q.device
+            self.candidates = default_candidates(call.layout, self.families)
+            self.table = ScoreTable(self.candidates, self.num_heads)
+        elif call.layout != self.layout:
+            raise ValueError(f"calibration calls have different layouts ({self.layout} and {call.layout}); profile one "
+                             f"geometry at a time")
         if call.step in self.samples and call.layer not in self.dense_layers:
             rows = sample_rows(call.layout, self.rows, self.generator)
             scores = score_call(self.candidates, call.q, call.k, call.v, call.layout, rows=rows, scale=call.scale,
@@ -199,31 +207,28 @@ def profile_pipeline(
     edges = bucket_edges(steps, warm, samples, buckets)
     table_layers = [layer for layer in range(info.num_layers) if layer not in schedule.dense_layers]
 
-    device = getattr(pipe, "device", torch.device("cpu"))
+    if families is not None:
+        families = list(families)
+        default_candidates(VideoLayout(1, 1, 1), families)  # unknown names fail now, not after a generation
     generator = torch.Generator().manual_seed(seed)
-    # The candidate grid depends on the layout, which is known at the first call: score with a placeholder list
-    # built lazily from the first layout seen.
-    probe = _first_layout(pipe, prompts[0], height, width, frames, call_kwargs, seed)
-    candidates = default_candidates(probe, families)
-    table = ScoreTable(candidates, info.num_heads)
     bar = _progress(len(prompts) * steps, progress)
     controller = CalibrationController(
-        candidates, table, steps=steps, samples=samples, edges=edges, dense_layers=schedule.dense_layers,
+        families, info.num_heads, steps=steps, samples=samples, edges=edges, dense_layers=schedule.dense_layers,
         rows=rows, generator=generator, save_layers=() if save_qkv is None else save_qkv[1],
         on_step=bar.update if bar is not None else None,
     )
     install(pipe, controller)
     try:
         for index, prompt in enumerate(prompts):
-            controller._last_step = None
+            controller.last_step = None
             _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs)
     finally:
         uninstall(pipe)
         if bar is not None:
             bar.close()
     calibration_s = time.perf_counter() - started
-    layout = controller.layout
-    if layout is None:
+    layout, candidates, table = controller.layout, controller.candidates, controller.table
+    if layout is None or table is None:
         raise RuntimeError("the pipeline made no self-attention call that vidsparse could intercept")
     if save_qkv is not None:
         from safetensors.torch import save_file
@@ -284,31 +289,6 @@ def profile_pipeline(
                            selection_s=time.perf_counter() - started - calibration_s - cost_s,
                            total_s=time.perf_counter() - started)
     return profile
-
-
-def _first_layout(pipe, prompt, height, width, frames, call_kwargs, seed) -> VideoLayout:
-    """The layout of this geometry, read from a one-step run's first attention call (cheap, exact)."""
-    seen: list[VideoLayout] = []
-
-    def controller(call: AttentionCall) -> torch.Tensor:
-        if not seen:
-            seen.append(call.layout)
-        raise _Stop
-
-    install(pipe, controller)
-    try:
-        _generate(pipe, prompt, height, width, frames, 1, seed, call_kwargs)
-    except _Stop:
-        pass
-    finally:
-        uninstall(pipe)
-    if not seen:
-        raise RuntimeError("the pipeline made no self-attention call that vidsparse could intercept")
-    return seen[0]
-
-
-class _Stop(Exception):
-    """Ends the layout probe at the first attention call."""
 
 
 def _generate(pipe, prompt, height, width, frames, steps, seed, call_kwargs) -> Any:

@@ -1,7 +1,8 @@
 """Scoring candidates on one attention call: error and recall on sampled query rows, density, planning time.
 
 For each head, the dense scores of the sampled rows against every key are computed once (float64, as in
-`vidsparse.metrics`), then each distinct block mask among the candidates is applied to them:
+`vidsparse.metrics`) and summed per key block; each distinct block mask among the candidates then combines
+those block sums:
 
     recall = mean over rows of the dense softmax mass on the kept keys             (= metrics.attention_recall)
     error  = || softmax over kept keys @ v  -  dense output || / || dense output ||  (= metrics.relative_l2_error)
@@ -21,10 +22,6 @@ import torch
 
 from ..layout import VideoLayout
 from ..strategies import Strategy
-
-# Elements of one [masks, rows, keys] float64 chunk: 2^23 = 64 MiB per temporary.
-_CHUNK_ELEMENTS = 1 << 23
-
 
 def sample_rows(layout: VideoLayout, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """int64 [r]: `count` distinct random video query rows (model order), sorted; all of them if there are fewer.
@@ -82,7 +79,6 @@ def score_call(
         blocks[i] = block_mask.sum((-1, -2)).float().mean(0).cpu()
     rows = rows.to(q.device)
     q_block = _block_of_token(layout, q.device)[rows]
-    k_block = _block_of_token(layout, q.device)
     error = torch.zeros(c, h, dtype=torch.float64)
     recall = torch.zeros(c, h, dtype=torch.float64)
     for batch in range(b):
@@ -90,7 +86,7 @@ def score_call(
             head_masks = torch.stack([m[batch, head] for m in masks])  # [C, Mq, Mk]
             unique, inverse = torch.unique(head_masks.flatten(1), dim=0, return_inverse=True)
             unique = unique.view(-1, *head_masks.shape[1:])
-            e, r = _score_head(q[batch, head], k[batch, head], v[batch, head], unique, rows, q_block, k_block, scale)
+            e, r = _score_head(q[batch, head], k[batch, head], v[batch, head], unique, rows, q_block, layout, scale)
             error[:, head] += e[inverse.cpu()] / b
             recall[:, head] += r[inverse.cpu()] / b
     return CallScores(error, recall, density, blocks, plan_ms)
@@ -101,24 +97,36 @@ def _block_of_token(layout: VideoLayout, device: torch.device) -> torch.Tensor:
     return (layout.inverse_permutation // layout.block_size).to(device)
 
 
-def _score_head(q, k, v, block_masks, rows, q_block, k_block, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """(error, recall) float64 [U] of U block masks [U, Mq, Mk] for one head, on query rows `rows`."""
+def _score_head(q, k, v, block_masks, rows, q_block, layout: VideoLayout, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """(error, recall) float64 [U] of U block masks [U, Mq, Mk] for one head, on query rows `rows`.
+
+    The sampled rows' exp-scores are summed per key block once ([r, Mk] mass, [Mk, r, D] weighted values), so
+    each mask costs r x Mk x D instead of a softmax over all keys. Rows where a mask keeps keys whose mass
+    underflows to 0 next to the row maximum are recomputed with a softmax over the kept keys alone.
+    """
     scores = torch.matmul(q[rows].double(), k.double().T) * scale  # [r, S]
-    probs = torch.softmax(scores, dim=-1)
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    total = weights.sum(-1)  # [r]
     v64 = v.double()
-    dense = probs @ v64
+    perm = layout.permutation.to(q.device)
+    real = perm >= 0
+    m, bs, r = layout.num_blocks, layout.block_size, rows.numel()
+    w_work = (weights[:, perm.clamp(min=0)] * real).view(r, m, bs)  # [r, Mk, block]
+    v_work = (v64[perm.clamp(min=0)] * real[:, None]).view(m, bs, -1)  # [Mk, block, D]
+    block_mass = w_work.sum(-1)  # [r, Mk]
+    block_out = torch.bmm(w_work.transpose(0, 1), v_work)  # [Mk, r, D]
+    dense = block_out.sum(0) / total[:, None]  # [r, D]
     dense_sq = dense.square().sum()
-    u, r, sk = block_masks.shape[0], rows.numel(), k.shape[0]
-    error, recall = torch.empty(u, dtype=torch.float64), torch.empty(u, dtype=torch.float64)
-    step = max(1, _CHUNK_ELEMENTS // (r * sk))
-    for start in range(0, u, step):
-        keep = block_masks[start : start + step][:, q_block][:, :, k_block]  # [u', r, S]
-        recall[start : start + step] = (probs * keep).sum(-1).mean(-1).cpu()
-        # Softmax over the kept keys computed on its own, like the metrics (no underflow when only far keys stay).
-        kept = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1).nan_to_num(0.0)
-        diff = (kept @ v64 - dense).square().sum((-1, -2))
-        error[start : start + step] = (diff / dense_sq).sqrt().cpu()
-    return error, recall
+    keep = block_masks[:, q_block].double()  # [U, r, Mk]
+    mass = (keep * block_mass).sum(-1)  # [U, r]
+    out = torch.einsum("urm,mrd->urd", keep, block_out) / mass.clamp(min=1e-300)[..., None]
+    underflow = (mass == 0) & (keep.sum(-1) > 0)
+    for u, row in torch.nonzero(underflow).tolist():
+        kept = keep[u, row][_block_of_token(layout, q.device)] > 0
+        out[u, row] = torch.softmax(scores[row].masked_fill(~kept, float("-inf")), -1) @ v64
+    error = ((out - dense).square().sum((-1, -2)) / dense_sq).sqrt()
+    recall = (mass / total).mean(-1)
+    return error.cpu(), recall.cpu()
 
 
 @dataclass

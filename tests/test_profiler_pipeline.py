@@ -1,0 +1,115 @@
+"""The profiler on a tiny Wan pipeline: profile, save, patch with the profile, predicted vs achieved error, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidsparse import patch, unpatch
+from vidsparse.cli import main
+from vidsparse.profile import Profile
+from vidsparse.profiler import measure_achieved_error, profile_pipeline
+from vidsparse.runtime import inspect_model
+from vidsparse.testing import tiny_pipeline
+
+GEOMETRY = dict(height=256, width=256, frames=9, steps=5)
+CALL = dict(max_sequence_length=16)
+# The random tiny model's heads are close to uniform: a loose budget so that some heads go sparse.
+BUDGET = 0.3
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline("wan")
+
+
+@pytest.fixture(scope="module")
+def profiled(pipe, tmp_path_factory):
+    qkv = tmp_path_factory.mktemp("qkv") / "qkv.safetensors"
+    profile = profile_pipeline(pipe, ["a red fox in the snow"], **GEOMETRY, budget=BUDGET, seed=3, progress=False,
+                               sample_steps=2, cost_model="ideal", call_kwargs=CALL, save_qkv=(qkv, [1]))
+    return profile, qkv
+
+
+def test_profile_describes_the_model_and_run(pipe, profiled):
+    profile, _ = profiled
+    info = inspect_model(pipe)
+    assert (profile.model.family, profile.model.num_layers, profile.model.num_heads, profile.model.head_dim) == (
+        info.family, info.num_layers, info.num_heads, info.head_dim)
+    assert profile.calibration.grid == (3, 16, 16) and profile.calibration.steps == 5
+    assert 0 in profile.schedule.dense_layers
+    assert set(profile.timings) == {"calibration_s", "cost_model_s", "selection_s", "total_s"}
+    sparse = [c for b in profile.buckets for c in b.heads[1] if c.strategy.name != "dense"]
+    assert sparse, "the loose budget should make some head of layer 1 sparse"
+    assert all(c.error <= BUDGET for b in profile.buckets for layer in b.heads for c in layer)
+    assert profile.summary.predicted_speedup > 1.0 and profile.summary.mean_density < 1.0
+
+
+def test_patch_with_saved_profile_runs_sparse(pipe, profiled, tmp_path):
+    profile, _ = profiled
+    path = tmp_path / "tiny.json"
+    profile.save(path)
+    assert Profile.load(path) == profile
+    controller = patch(pipe, profile=path)
+    try:
+        out = pipe(prompt="a boat", num_frames=9, height=256, width=256, num_inference_steps=5, output_type="latent",
+                   generator=torch.Generator().manual_seed(0), **CALL).frames
+    finally:
+        unpatch(pipe)
+    assert controller.stats["sparse_calls"] > 0 and controller.stats["dense_calls"] > 0
+    assert torch.isfinite(out).all()
+
+
+def test_achieved_error_matches_prediction(pipe, profiled):
+    profile, _ = profiled
+    result = measure_achieved_error(pipe, profile, ["a red fox in the snow"], **GEOMETRY, seed=3, call_kwargs=CALL)
+    assert result["heads"], "no sparse head ran"
+    predicted, achieved = result["predicted_error"], result["achieved_error"]
+    # Same prompt and seed: the first sparse step sees the calibration's inputs; later ones drift a little.
+    assert abs(achieved - predicted) <= 0.35 * predicted + 0.01, result
+    assert 0.0 < result["latent_error"] < 1.0
+
+
+def test_save_qkv_keeps_chosen_layers(profiled):
+    from safetensors.torch import load_file
+
+    profile, qkv = profiled
+    tensors = load_file(str(qkv))
+    assert tensors and all(".layer1." in name for name in tensors)
+    names = {name.rsplit(".", 1)[1] for name in tensors}
+    assert names == {"q", "k", "v"}
+    # Two sampled steps, two transformer calls per step (classifier-free guidance).
+    assert len(tensors) == 3 * 2 * len(profile.calibration.sampled_steps)
+    assert all(t.shape == (1, 2, 768, 16) for t in tensors.values())
+
+
+def test_speed_target(pipe):
+    target = 1.15
+    profile = profile_pipeline(pipe, ["a cat"], **GEOMETRY, target_speedup=target, progress=False, sample_steps=1,
+                               buckets=1, cost_model="ideal", call_kwargs=CALL, families=["diagonal", "stripe"])
+    assert profile.calibration.objective == {"target_speedup": target}
+    assert profile.summary.predicted_speedup >= target * (1 - 1e-9)
+    names = {c.strategy.name for b in profile.buckets for layer in b.heads for c in layer}
+    assert names <= {"dense", "skip", "diagonal", "stripe"}
+
+
+def test_cli_profile_and_inspect(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# calibration\na red fox in the snow\n\n")
+    out, png = tmp_path / "p.json", tmp_path / "p.png"
+    status = main(["profile", "--model", "tiny-wan-random", "--prompts", str(prompts), "--height", "256", "--width",
+                   "256", "--frames", "9", "--steps", "4", "--budget", "error=0.3", "--cost", "ideal", "--sample-steps",
+                   "1", "--buckets", "1", "--out", str(out), "--no-progress"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "predicted attention speed-up" in printed and "time: calibration" in printed
+    profile = Profile.load(out)
+    assert main(["inspect", str(out), "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "bucket 0" in printed and "groups" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert profile.model.name == "tiny-wan-random"
+    broken = tmp_path / "broken.json"
+    broken.write_text(out.read_text().replace('"num_heads": 2', '"num_heads": 3', 1))
+    assert main(["inspect", str(broken)]) == 2
+    assert "buckets[0].layers[0].heads" in capsys.readouterr().err
