@@ -35,8 +35,9 @@ class Blockified(Strategy):
     Designed for: any head whose mass concentrates on few blocks, whatever the pattern (recall 0.95: error < 0.1
     at density <= 0.3 on the zoo's block heads); on diffuse heads it keeps nearly everything, as it should.
 
-    Cost: step 2 is as expensive as one dense attention (two passes over the key blocks: the first computes
-    L_i, the second the masses, in chunks of at most 2^26 scores). AdaSpa pays it only at a few steps, because
+    Cost: step 2 is one pass of dense scores, in chunks of at most 2^26 of them: per key block, the sum of
+    exp(s_ij - running row max) (rescaled online when the row max grows, as flash attention does); L_i is the
+    log of the sum over all key blocks, so the scores are exponentiated once. AdaSpa pays it only at a few steps, because
     a head's pattern and L_i barely change across denoising steps: `plan()` always searches, and
     `reusable(planned_at, step)` tells the runtime (`vidsparse.strategies.reuse.PlanCache`) to reuse the plan
     for the `refresh_every` steps starting at the one it was made at, then search again.
@@ -107,17 +108,18 @@ def _block_importance(layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> 
     for qa in range(0, mv, q_chunk):
         qb = min(mv, qa + q_chunk)
         q_rows = q_work[:, :, qa * bs : qb * bs]
+        rows = (qb - qa) * bs
+        row_max = torch.full((b, h, rows, 1), float("-inf"), dtype=dtype, device=q.device)
+        block_sums = torch.zeros(b, h, rows, m, dtype=dtype, device=q.device)  # sum_j in block exp(s_ij - max_i)
+        for kc in key_chunks:
+            s = scores(q_rows, kc)
+            # Every block holds a real key, so each chunk's row max is finite and the rescaling never gives NaN.
+            new_max = torch.maximum(row_max, s.amax(-1, keepdim=True))
+            block_sums.mul_(torch.exp(row_max - new_max))
+            block_sums[..., kc[0] : kc[1]] = s.sub_(new_max).exp_().reshape(b, h, rows, kc[1] - kc[0], bs).sum(-1)
+            row_max = new_max
+        # exp(s - L) summed over a key block = its block sum / the row's total; then weighted-summed per query block.
         weight = row_weight[qa * bs : qb * bs, None]
-        cached = scores(q_rows, key_chunks[0]) if len(key_chunks) == 1 else None
-        # Pass 1: row log-sum-exp L_i over all keys.
-        lse = torch.full((b, h, (qb - qa) * bs), float("-inf"), dtype=dtype, device=q.device)
-        for kc in key_chunks:
-            s = cached if cached is not None else scores(q_rows, kc)
-            lse = torch.logaddexp(lse, torch.logsumexp(s, dim=-1))
-        # Pass 2: exp(s - L) summed over the tokens of each key block, weighted-summed over each query block.
-        for kc in key_chunks:
-            s = cached if cached is not None else scores(q_rows, kc)
-            p = s.sub_(lse.unsqueeze(-1)).exp_()  # in place: the scores are not needed again
-            per_key_block = p.reshape(b, h, (qb - qa) * bs, kc[1] - kc[0], bs).sum(-1) * weight
-            mass[:, :, qa:qb, kc[0] : kc[1]] = per_key_block.reshape(b, h, qb - qa, bs, -1).sum(3)
+        probs = block_sums / block_sums.sum(-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny) * weight
+        mass[:, :, qa:qb] = probs.reshape(b, h, qb - qa, bs, m).sum(3)
     return mass
