@@ -60,6 +60,16 @@ def test_patch_with_saved_profile_runs_sparse(pipe, profiled, tmp_path):
     assert torch.isfinite(out).all()
 
 
+def test_profile_applies_at_another_grid(pipe, profiled, caplog):
+    """Strategies are in grid units: the profile runs at another resolution and frame count, and says so."""
+    profile, _ = profiled
+    with caplog.at_level("INFO", logger="vidsparse.profile"):
+        result = measure_achieved_error(pipe, profile, ["a boat"], height=128, width=192, frames=5, steps=4,
+                                        call_kwargs=CALL)
+    assert result["heads"] and all(0.0 <= h["achieved"] < 1.5 for h in result["heads"])
+    assert "(2, 8, 12)" in caplog.text
+
+
 def test_achieved_error_matches_prediction(pipe, profiled):
     profile, _ = profiled
     result = measure_achieved_error(pipe, profile, ["a red fox in the snow"], **GEOMETRY, seed=3, call_kwargs=CALL)
@@ -109,6 +119,7 @@ def test_cli_profile_and_inspect(tmp_path, capsys):
     assert "bucket 0" in printed and "groups" in printed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert profile.model.name == "tiny-wan-random"
+    assert profile.hardware.cost == "ideal" and profile.calibration.prompts == 1
     broken = tmp_path / "broken.json"
     broken.write_text(out.read_text().replace('"num_heads": 2', '"num_heads": 3', 1))
     assert main(["inspect", str(broken)]) == 2

@@ -55,6 +55,9 @@ def register(subparsers: Any) -> None:
                    help="weights dtype for hub models (default bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--save-qkv", type=Path, default=None, help="also save q/k/v of --save-qkv-layers (safetensors)")
     p.add_argument("--save-qkv-layers", type=_int_list, default=[0], help="layers for --save-qkv (default 0)")
+    p.add_argument("--check", action="store_true",
+                   help="afterwards, run the first prompt dense and patched (seed + 0): print the achieved vs predicted "
+                        "head errors and the profiling cost in dense generations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_profile)
 
@@ -98,8 +101,8 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, dict[str, Any]]:
-    """The pipeline for a --model argument and the extra call arguments it needs."""
+def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, dict[str, Any], str]:
+    """The pipeline for a --model argument, the extra call arguments it needs, and the name to record."""
     from ..testing import TINY_CALL, tiny_pipeline
 
     extra = lambda family: {k: v for k, v in TINY_CALL[family].items()  # noqa: E731
@@ -108,19 +111,19 @@ def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, dict
         try:
             from ..tiny_model import load_tiny_wan
 
-            return load_tiny_wan(device=device), extra("wan")
+            return load_tiny_wan(device=device), extra("wan"), model
         except (ImportError, FileNotFoundError, OSError, ValueError) as error:
             print(f"vidsparse profile: the trained tiny Wan model is not available ({error}); using the random "
                   f"tiny Wan pipeline (vidsparse.testing.tiny_pipeline('wan')) instead", file=sys.stderr)
-            return tiny_pipeline("wan").to(device), extra("wan")
+            return tiny_pipeline("wan").to(device), extra("wan"), "tiny-wan-random"
     if model.startswith("tiny-"):
         family = model[len("tiny-"):].removesuffix("-random")
-        return tiny_pipeline(family).to(device), extra(family)
+        return tiny_pipeline(family).to(device), extra(family), f"tiny-{family}-random"
     from diffusers import DiffusionPipeline
 
     chosen = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=getattr(torch, chosen))
-    return pipe.to(device), {}
+    return pipe.to(device), {}, model
 
 
 def run_profile(args: argparse.Namespace) -> int:
@@ -129,16 +132,26 @@ def run_profile(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompts)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe, call_kwargs = load_pipeline(args.model, device, args.dtype)
+    pipe, call_kwargs, name = load_pipeline(args.model, device, args.dtype)
     profile = profile_pipeline(
         pipe, prompts, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
         budget=args.budget, target_speedup=args.target_speedup, seed=args.seed, progress=not args.no_progress,
         warmup=args.warmup, dense_layers=args.dense_layers, sample_steps=args.sample_steps, buckets=args.buckets,
-        rows=args.rows, families=args.families, backend=args.backend, cost_model=args.cost, name=args.model,
+        rows=args.rows, families=args.families, backend=args.backend, cost_model=args.cost, name=name,
         save_qkv=(args.save_qkv, args.save_qkv_layers) if args.save_qkv else None, call_kwargs=call_kwargs,
     )
     profile.save(args.out)
     print(summary_text(profile, args.out))
+    if args.check:
+        from .validate import measure_achieved_error
+
+        check_args = dict(height=args.height, width=args.width, frames=args.frames, steps=args.steps, seed=args.seed,
+                              backend=args.backend, call_kwargs=call_kwargs)
+        result = measure_achieved_error(pipe, profile, prompts[:1], **check_args)
+        cost = profile.timings["total_s"] / (len(prompts) * result["dense_s"])
+        print(f"check: dense generation {result['dense_s']:.2f} s; profiling cost {cost:.2f} dense generations per "
+              f"prompt; head error predicted {result['predicted_error']:.4f}, achieved {result['achieved_error']:.4f} "
+              f"({len(result['heads'])} sparse head entries); final latents relative error {result['latent_error']:.4f}")
     return 0
 
 

@@ -9,6 +9,7 @@ latents are also compared with a dense run of the same seed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +28,12 @@ class _ErrorProbe:
         self.profile = profile
         self.inner = SparseController(profile.policy(), backend)
         self.errors: dict[tuple[int, int, int], list[float]] = {}
+        self.grids: set[tuple[int, int, int]] = set()
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
+        if call.layout.grid not in self.grids:
+            self.grids.add(call.layout.grid)
+            self.profile.note_grid(call.layout.grid)
         out = self.inner(call)
         num_heads = call.q.shape[1]
         if call.step is None or call.num_steps is None:
@@ -62,13 +67,20 @@ def measure_achieved_error(
     """Predicted vs achieved per-head attention error of `pipe` patched with `profile`.
 
     Returns a dict: "predicted_error" and "achieved_error" (means over the sparse (bucket, layer, head) entries
-    that ran), "heads" (a list of {bucket, layer, head, strategy, predicted, achieved}), and "latent_error" (relative
-    L2 error of the final latents vs a dense run with the same seeds, mean over prompts).
+    that ran), "heads" (a list of {bucket, layer, head, strategy, predicted, achieved}), "latent_error" (relative
+    L2 error of the final latents vs a dense run with the same seeds, mean over prompts) and "dense_s" (wall
+    seconds of one dense generation to latents, mean over prompts: the unit of profiling cost).
     """
     probe = _ErrorProbe(profile, backend)
-    latent_errors = []
+    latent_errors, dense_s = [], []
     for index, prompt in enumerate(prompts):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
         dense = _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dense_s.append(time.perf_counter() - started)
         install(pipe, probe)
         try:
             sparse = _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames
@@ -84,4 +96,4 @@ def measure_achieved_error(
                       "predicted": choice.error, "achieved": sum(values) / len(values)})
     mean = lambda key: sum(h[key] for h in heads) / len(heads) if heads else 0.0  # noqa: E731
     return {"predicted_error": mean("predicted"), "achieved_error": mean("achieved"), "heads": heads,
-            "latent_error": sum(latent_errors) / len(latent_errors)}
+            "latent_error": sum(latent_errors) / len(latent_errors), "dense_s": sum(dense_s) / len(dense_s)}
