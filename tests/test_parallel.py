@@ -15,6 +15,7 @@ import os
 import socket
 import traceback
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from vidsparse.profiler.scoring import CallScores, ScoreTable
 from vidsparse.strategies import get
 from vidsparse.testing import TINY_CALL, tiny_pipeline
 
-HEADS = 4
+HEADS = 4  # of the score tables
 WORLD = 2
 TIMEOUT_S = 240
 
@@ -41,21 +42,27 @@ def _strategy_pool() -> tuple:
     )
 
 
+#: The context-parallel runs: (heads, ulysses_anything). 3 heads on 2 ranks: diffusers' "Ulysses anything" gives
+#: rank 0 heads 0-1 and rank 1 head 2.
+CASES = {"even": (4, False), "anything": (3, True)}
+
+
 class RotatingPolicy:
     """Head h of layer l uses pool[(h + l) % 4]: every head of a layer differs, and so does each layer.
 
-    `period` < HEADS repeats the first `period` heads' strategies (what a rank that ignored its global head
-    indices would use).
+    `period` repeats the first `period` heads' strategies (what a rank that ignored its global head indices would
+    use).
     """
 
-    def __init__(self, period: int = HEADS) -> None:
+    def __init__(self, period: int | None = None) -> None:
         self.pool = _strategy_pool()
         self.period = period
         self.asked: set[int] = set()
 
     def strategies(self, step, num_steps, layer, num_heads):
         self.asked.add(num_heads)
-        return [self.pool[(h % self.period + layer) % len(self.pool)] for h in range(num_heads)]
+        period = self.period or num_heads
+        return [self.pool[(h % period + layer) % len(self.pool)] for h in range(num_heads)]
 
 
 class Recorder:
@@ -70,14 +77,16 @@ class Recorder:
         return self.inner(call)
 
 
-def _generate(policy: RotatingPolicy, seed: int, parallel: bool = False) -> tuple[torch.Tensor, Recorder]:
-    pipe = tiny_pipeline("wan", num_attention_heads=HEADS)
+def _generate(policy: RotatingPolicy, seed: int, heads: int, parallel: Any = None, patch_first: bool = True):
+    """(latents, recorder) of the patched tiny Wan pipeline; `parallel`: a ContextParallelConfig to enable, before
+    or after patching."""
+    pipe = tiny_pipeline("wan", num_attention_heads=heads)
     recorder = Recorder(SparseController(policy, backend="gather"))
+    if parallel is not None and not patch_first:
+        pipe.transformer.enable_parallelism(config=parallel)
     install(pipe, recorder)
-    if parallel:
-        from diffusers import ContextParallelConfig
-
-        pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
+    if parallel is not None and patch_first:
+        pipe.transformer.enable_parallelism(config=parallel)
     generator = torch.Generator().manual_seed(seed)
     embeds = torch.randn(1, 16, 32, generator=generator)
     # guidance_scale=1: one transformer call per step (no classifier-free guidance), to keep the test short.
@@ -86,7 +95,7 @@ def _generate(policy: RotatingPolicy, seed: int, parallel: bool = False) -> tupl
 
 
 def _score_calls(seed: int) -> list[tuple[int, int, CallScores]]:
-    """Scores of N_CALLS calibration calls (bucket, layer, scores); key (1, 3) only in the last call."""
+    """Scores of five calibration calls as (bucket, layer, scores); key (1, 3) only in the last call."""
     generator = torch.Generator().manual_seed(seed)
     keys = [(0, 1), (0, 1), (1, 1), (0, 2), (1, 3)]
     shape = (len(_strategy_pool()), HEADS)
@@ -104,8 +113,10 @@ def _worker(rank: int, port: int, seed: int, results) -> None:
                           WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
         torch.set_num_threads(1)
         from accelerate import PartialState
+        from diffusers import ContextParallelConfig
 
         state = PartialState(cpu=True)  # initializes the gloo process group from the environment
+        report: dict[str, Any] = {}
         # Calibration statistics: this rank's share of the calls, merged over ranks.
         calls = _score_calls(seed)
         mine = split_prompts([f"prompt {i}" for i in range(len(calls))], state)
@@ -114,15 +125,22 @@ def _worker(rank: int, port: int, seed: int, results) -> None:
             table.add(*calls[index])
         all_reduce_score_table(table)
         # Plain arrays: tensors sent through a queue are shared memory, gone when this process ends.
-        merged = ({key: {name: t.numpy() for name, t in sums.items()} for key, sums in table.sums.items()},
-                  table.counts, {key: t.numpy() for key, t in table.max_error.items()})
-        # Ulysses context parallelism.
+        report["share"] = [index for index, _ in mine]
+        report["merged"] = (
+            {key: {name: t.numpy() for name, t in sums.items()} for key, sums in table.sums.items()},
+            table.counts,
+            {key: t.numpy() for key, t in table.max_error.items()},
+        )
+        # Ulysses context parallelism; rank 0 patches before enable_parallelism, rank 1 after.
         torch.accelerator.device_count = lambda: 1  # see the module docstring
-        policy = RotatingPolicy()
-        out, recorder = _generate(policy, seed, parallel=True)
-        results.put((rank, out.numpy(), recorder.seen, policy.asked, recorder.inner.stats, [i for i, _ in mine], merged))
+        for case, (heads, anything) in CASES.items():
+            policy = RotatingPolicy()
+            config = ContextParallelConfig(ulysses_degree=WORLD, ulysses_anything=anything)
+            out, recorder = _generate(policy, seed, heads, config, patch_first=rank == 0)
+            report[case] = (out.numpy(), recorder.seen, policy.asked, recorder.inner.stats)
+        results.put((rank, report))
     except BaseException:
-        results.put((rank, traceback.format_exc(), None, None, None, None, None))
+        results.put((rank, traceback.format_exc()))
 
 
 def _free_port() -> int:
@@ -133,8 +151,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ranks():
-    """Per rank: (output, calls seen, head counts asked, controller stats, share of calls, merged score table),
-    plus the seed they used; the two ranks run while this process computes its own results."""
+    """(seed, {rank: report}) of the two spawned ranks (see `_worker`)."""
     seed = torch.initial_seed() % (2**31)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -145,9 +162,9 @@ def ranks():
     try:
         reports = {}
         for _ in range(WORLD):
-            rank, out, *rest = results.get(timeout=TIMEOUT_S)
-            assert rest[0] is not None, f"rank {rank} failed:\n{out}"
-            reports[rank] = (torch.from_numpy(out), *rest)
+            rank, report = results.get(timeout=TIMEOUT_S)
+            assert isinstance(report, dict), f"rank {rank} failed:\n{report}"
+            reports[rank] = report
     finally:
         for p in procs:
             p.join(timeout=30)
@@ -156,35 +173,39 @@ def ranks():
     return seed, reports
 
 
-def test_ulysses_matches_single_process_with_per_head_strategies(ranks):
+@pytest.mark.parametrize("case", list(CASES))
+def test_ulysses_matches_single_process_with_per_head_strategies(ranks, case):
     seed, reports = ranks
-    expected, recorder = _generate(RotatingPolicy(), seed)
+    heads, _ = CASES[case]
+    expected, recorder = _generate(RotatingPolicy(), seed, heads)
     stats = recorder.inner.stats
     assert stats["sparse_calls"] > 0 and stats["dense_calls"] == 0
-    assert {heads for heads, _, _ in recorder.seen} == {None}
+    assert {shard for shard, _, _ in recorder.seen} == {None}
     seq_len = 3 * 16 * 16  # 9 frames of 256 x 256 -> latent 3 x 32 x 32 -> patches (1, 2, 2)
-    local = HEADS // WORLD
-    for rank, (out, seen, asked, rank_stats, *_) in sorted(reports.items()):
+    per_rank = -(-heads // WORLD)
+    for rank, report in sorted(reports.items()):
+        out, seen, asked, rank_stats = report[case]
         # This rank's global heads, over the whole sequence (after diffusers' all-to-all).
-        assert seen == {(range(rank * local, (rank + 1) * local), HEADS, seq_len)}
-        assert asked == {HEADS}  # the policy is asked for the model's heads; the controller keeps this rank's
+        mine = range(rank * per_rank, min((rank + 1) * per_rank, heads))
+        assert seen == {(mine, heads, seq_len)}
+        assert asked == {heads}  # the policy is asked for the model's heads; the controller keeps this rank's
         assert rank_stats["sparse_calls"] == stats["sparse_calls"] and rank_stats["dense_calls"] == 0
-        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
-    # What a rank would compute if it used the strategies of heads 0..H/N-1 instead of its own heads: different.
-    unsharded, _ = _generate(RotatingPolicy(period=local), seed)
+        torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+    # What the ranks would compute if each used the strategies of heads 0..H/N-1 instead of its own: different.
+    unsharded, _ = _generate(RotatingPolicy(period=per_rank), seed, heads)
     assert not torch.allclose(unsharded, expected, rtol=1e-3, atol=1e-3)
 
 
 def test_score_tables_merged_across_ranks_equal_one_process_table(ranks):
     seed, reports = ranks
     calls = _score_calls(seed)
-    shares = [reports[rank][4] for rank in range(WORLD)]
+    shares = [reports[rank]["share"] for rank in range(WORLD)]
     assert sorted(i for share in shares for i in share) == list(range(len(calls))) and all(shares)
     single = ScoreTable(list(_strategy_pool()), HEADS)
     for call in calls:
         single.add(*call)
     for rank in range(WORLD):
-        sums, counts, worst = reports[rank][5]
+        sums, counts, worst = reports[rank]["merged"]
         assert counts == single.counts
         assert sums.keys() == single.sums.keys()
         for key in single.sums:

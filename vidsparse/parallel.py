@@ -120,31 +120,29 @@ def _local_attention(
     """diffusers' `forward_op` protocol: attention of [B, S, H_local, D] tensors after the Ulysses all-to-all."""
     if return_lse:
         raise ContextParallelError("vidsparse: a log-sum-exp output was requested from a sparse attention call")
-    local_heads = query.shape[2]
-    first = _parallel_config.context_parallel_config._ulysses_local_rank * local_heads
-    # "Ulysses anything" pads the head count up to a multiple of the degree: the last rank's extra heads are zeros.
-    real = max(0, min(local_heads, total_heads - first))
+    cp = _parallel_config.context_parallel_config
+    # Rank r holds heads r*ceil(H/N) ...: with "Ulysses anything" (H not a multiple of N) diffusers pads the head
+    # count up to a multiple of N for the all-to-all and drops the padding before this op, so the last rank has fewer.
+    first = cp._ulysses_local_rank * -(-total_heads // cp.ulysses_degree)
+    heads = range(first, first + query.shape[2])
+    if heads.stop > total_heads:
+        raise ContextParallelError(f"vidsparse: rank holds heads {heads} of a {total_heads}-head layer")
     call = {
         **arguments,
-        "query": query[:, :, :real],
-        "key": key[:, :, :real],
-        "value": value[:, :, :real],
+        "query": query,
+        "key": key,
+        "value": value,
         "attn_mask": attn_mask,
         "dropout_p": dropout_p,
         "is_causal": is_causal,
         "scale": scale,
         "enable_gqa": enable_gqa,
     }
-    if real == 0:
-        return torch.zeros_like(query)
-    token = _SHARD.set(HeadShard(range(first, first + real), total_heads))
+    token = _SHARD.set(HeadShard(heads, total_heads))
     try:
-        out = kernel(**call)
+        return kernel(**call)
     finally:
         _SHARD.reset(token)
-    if real < local_heads:
-        out = torch.nn.functional.pad(out, (0, 0, 0, local_heads - real))
-    return out
 
 
 def _no_backward(ctx: Any, grad_out: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
