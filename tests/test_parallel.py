@@ -138,6 +138,12 @@ def _worker(rank: int, port: int, seed: int, results) -> None:
             config = ContextParallelConfig(ulysses_degree=WORLD, ulysses_anything=anything)
             out, recorder = _generate(policy, seed, heads, config, patch_first=rank == 0)
             report[case] = (out.numpy(), recorder.seen, policy.asked, recorder.inner.stats)
+        # Ring attention is refused at the first patched attention call, on every rank alike.
+        try:
+            _generate(RotatingPolicy(), seed, HEADS, ContextParallelConfig(ring_degree=WORLD))
+            report["ring"] = None
+        except ContextParallelError as error:
+            report["ring"] = str(error)
         results.put((rank, report))
     except BaseException:
         results.put((rank, traceback.format_exc()))
@@ -223,6 +229,12 @@ def test_all_reduce_without_process_group_leaves_the_table():
     assert table.counts == {(bucket, layer): 1}
     for name, total in before.items():
         assert torch.equal(table.sums[(bucket, layer)][name], total)
+
+
+def test_ring_attention_is_refused_on_every_rank(ranks):
+    _, reports = ranks
+    for report in reports.values():
+        assert report["ring"] is not None and "ring attention (ring_degree=2)" in report["ring"]
 
 
 @pytest.mark.parametrize(
