@@ -98,7 +98,7 @@ class AttentionController(Protocol):
 
 
 # ----- the two calling conventions of attention kernels in diffusers ----------------------------------------
-def _sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+def _sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
     """Signature of torch.nn.functional.scaled_dot_product_attention (a builtin without introspectable one)."""
 
 

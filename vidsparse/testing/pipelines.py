@@ -39,7 +39,8 @@ def tiny_pipeline(family: str, *, variant: str | None = None, seed: int = 0, **o
     """A runnable tiny pipeline of `family` ("wan", "hunyuan", "cogvideox", "ltx", "mochi") on CPU, float32.
 
     Args:
-        variant: family-specific flavour (wan: "t2v" or "a14b"; cogvideox: "1.0" or "1.5"); None = the first.
+        variant: family-specific flavour (wan: "t2v", "a14b", "i2v", "ti2v"; cogvideox: "1.0" or "1.5");
+            None = the first.
         seed: seed of the random weights (the global RNG state is left as it was).
         overrides: transformer config entries to change (e.g. num_layers=1).
     """
@@ -89,12 +90,14 @@ _WAN_TRANSFORMER = dict(
 )
 
 
-def _wan_vae() -> Any:
+def _wan_vae(*, residual: bool = False) -> Any:
+    """Wan 2.1 VAE (8x spatial), or with `residual` the Wan 2.2 VAE layout (2x2 patchify + 8x = 16x spatial)."""
     from diffusers import AutoencoderKLWan
 
+    extra = dict(is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16) if residual else {}
     return AutoencoderKLWan(
         base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4, **extra,
     )
 
 
@@ -108,21 +111,183 @@ def _umt5_encoder() -> Any:
 
 @_builder("wan", dict(num_frames=9, height=256, width=256, num_inference_steps=2, max_sequence_length=16))
 def _wan(variant: str | None, overrides: dict[str, Any]) -> Any:
-    from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    """Wan 2.1 / 2.2 variants with the same tiny transformer.
+
+    t2v:  WanPipeline (Wan 2.1 T2V).
+    a14b: WanPipeline with `transformer` (high noise) and `transformer_2` (low noise), boundary 0.875 (Wan 2.2 T2V-A14B).
+    i2v:  WanImageToVideoPipeline with two experts and no image encoder, the condition latents concatenated to the
+          input channels (Wan 2.2 I2V-A14B).
+    ti2v: WanPipeline with per-token timesteps (`expand_timesteps`) and a VAE compressing 16x spatially with
+          patchified residual blocks (Wan 2.2 TI2V-5B).
+    """
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
 
     variant = variant or "t2v"
-    if variant not in ("t2v", "a14b"):
-        raise ValueError(f"wan variant must be 't2v' or 'a14b', got {variant!r}")
-    config = {**_WAN_TRANSFORMER, **overrides}
-    experts = 2 if variant == "a14b" else 1
+    if variant not in WAN_VARIANTS:
+        raise ValueError(f"wan variant must be one of {WAN_VARIANTS}, got {variant!r}")
+    config = dict(_WAN_TRANSFORMER)
+    if variant == "i2v":
+        # noise latents + condition latents + the 4-channel first-frame mask (vae temporal factor 4)
+        config["in_channels"] = 2 * config["in_channels"] + 4
+    config.update(overrides)
+    experts = 2 if variant in ("a14b", "i2v") else 1
     transformers = [WanTransformer3DModel(**config).eval() for _ in range(experts)]
-    return WanPipeline(
+    components = dict(
         tokenizer=_t5_tokenizer(64),
         text_encoder=_umt5_encoder(),
-        vae=_wan_vae().eval(),
+        vae=_wan_vae(residual=variant == "ti2v").eval(),
         scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
         transformer=transformers[0],
         transformer_2=transformers[1] if experts == 2 else None,
         # Wan 2.2 A14B switches from the high-noise to the low-noise expert at 0.875 * 1000 timesteps.
         boundary_ratio=0.875 if experts == 2 else None,
     )
+    if variant == "i2v":
+        return WanImageToVideoPipeline(**components)
+    return WanPipeline(**components, expand_timesteps=variant == "ti2v")
+
+
+WAN_VARIANTS = ("t2v", "a14b", "i2v", "ti2v")
+
+
+def tiny_call(family: str, variant: str | None = None) -> dict[str, Any]:
+    """Call arguments for the tiny pipeline of (family, variant): TINY_CALL plus the inputs a variant needs
+    (the conditioning image of image-to-video variants)."""
+    call = dict(TINY_CALL[family])
+    if (family, variant) == ("wan", "i2v"):
+        from PIL import Image
+
+        # The VAE encodes the conditioning video on every call: a smaller frame keeps that cheap (grid 3 x 8 x 8).
+        call.update(height=128, width=128)
+
+        gradient = torch.linspace(0, 255, call["width"]).to(torch.uint8).expand(call["height"], -1)
+        call["image"] = Image.fromarray(torch.stack([gradient, gradient.flip(1), gradient.T], -1).numpy())
+    return call
+
+
+# ----- HunyuanVideo ---------------------------------------------------------------------------------------------
+@_builder(
+    "hunyuan",
+    # Prompt template without the system prompt (the real one is ~95 Llama tokens, hundreds of characters here).
+    dict(num_frames=9, height=256, width=256, num_inference_steps=2, max_sequence_length=40,
+         prompt_template={"template": "{}", "crop_start": 0}),
+)
+def _hunyuan(variant: str | None, overrides: dict[str, Any]) -> Any:
+    from diffusers import (
+        AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    _no_variant("hunyuan", variant)
+    config = dict(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=32,
+        pooled_projection_dim=16, rope_axes_dim=(4, 6, 6),
+    )
+    config.update(overrides)
+    llama_tokenizer = _char_tokenizer(
+        specials={"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}, max_length=256, template="<s> $A"
+    )
+    clip_tokenizer = _char_tokenizer(
+        specials={"bos": "<|startoftext|>", "eos": "<|endoftext|>", "unk": "<unk>", "pad": "<|endoftext|>"},
+        max_length=77, template="<|startoftext|> $A <|endoftext|>",
+    )
+    # hidden_states[-3] is used (two layers skipped), so the encoder needs at least 2 layers.
+    llama = LlamaModel(LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=256,
+    )).eval()
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, eos_token_id=clip_tokenizer.eos_token_id, bos_token_id=clip_tokenizer.bos_token_id,
+    )).eval()
+    vae = AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                    norm_num_groups=4)
+    return HunyuanVideoPipeline(
+        text_encoder=llama, tokenizer=llama_tokenizer, transformer=HunyuanVideoTransformer3DModel(**config).eval(),
+        vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
+        tokenizer_2=clip_tokenizer,
+    )
+
+
+# ----- CogVideoX ------------------------------------------------------------------------------------------------
+def _t5_encoder() -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                      relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
+    return T5EncoderModel(config).eval()
+
+
+@_builder("cogvideox", dict(num_frames=9, height=256, width=256, num_inference_steps=2, max_sequence_length=32))
+def _cogvideox(variant: str | None, overrides: dict[str, Any]) -> Any:
+    """CogVideoX 1.0 (sin-cos positions, frames not patchified) or 1.5 (3D RoPE, frames patchified by 2)."""
+    from diffusers import (
+        AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    variant = variant or "1.0"
+    if variant not in ("1.0", "1.5"):
+        raise ValueError(f"cogvideox variant must be '1.0' or '1.5', got {variant!r}")
+    config = dict(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=2, sample_width=32, sample_height=32, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=32,
+    )
+    if variant == "1.5":
+        config.update(patch_size_t=2, use_rotary_positional_embeddings=True)
+    config.update(overrides)
+    vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
+                                 norm_num_groups=2, temporal_compression_ratio=4)
+    scheduler = (CogVideoXDPMScheduler if variant == "1.5" else CogVideoXDDIMScheduler)(timestep_spacing="trailing")
+    return CogVideoXPipeline(
+        tokenizer=_t5_tokenizer(64), text_encoder=_t5_encoder(), vae=vae.eval(),
+        transformer=CogVideoXTransformer3DModel(**config).eval(), scheduler=scheduler,
+    )
+
+
+# ----- LTX-Video ------------------------------------------------------------------------------------------------
+@_builder("ltx", dict(num_frames=17, height=512, width=512, num_inference_steps=2, max_sequence_length=32))
+def _ltx(variant: str | None, overrides: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    _no_variant("ltx", variant)
+    config = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+                  num_layers=2, caption_channels=32)
+    config.update(overrides)
+    # Compression 32x spatially and 8x in time, like the real VAE (patch 4, three 2x down-sampling stages).
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+    )
+    return LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(), text_encoder=_t5_encoder(),
+        tokenizer=_t5_tokenizer(64), transformer=LTXVideoTransformer3DModel(**config).eval(),
+    )
+
+
+# ----- Mochi ----------------------------------------------------------------------------------------------------
+@_builder("mochi", dict(num_frames=13, height=256, width=256, num_inference_steps=2, max_sequence_length=32))
+def _mochi(variant: str | None, overrides: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    _no_variant("mochi", variant)
+    config = dict(patch_size=2, num_attention_heads=2, attention_head_dim=16, num_layers=2, pooled_projection_dim=16,
+                  in_channels=4, text_embed_dim=32, time_embed_dim=4, max_sequence_length=32)
+    config.update(overrides)
+    vae = AutoencoderKLMochi(
+        # Group norms of 32 groups are hard-coded in the Mochi VAE: 32 channels is the smallest width.
+        encoder_block_out_channels=(32, 32, 32, 32), decoder_block_out_channels=(32, 32, 32, 32), latent_channels=4,
+        layers_per_block=(1, 1, 1, 1, 1), latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4,
+    )
+    return MochiPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(), text_encoder=_t5_encoder(),
+        tokenizer=_t5_tokenizer(32), transformer=MochiTransformer3DModel(**config).eval(),
+    )
+
+
+def _no_variant(family: str, variant: str | None) -> None:
+    if variant is not None:
+        raise ValueError(f"{family} has no variants, got {variant!r}")
