@@ -12,8 +12,10 @@ templated context-parallel attention with `_local_attention` as the forward op. 
 again, without the parallel config, on the full-sequence, local-head tensors, while `head_shard()` says which
 global heads they are; the runtime records them in `AttentionCall.heads` / `AttentionCall.total_heads`, so a
 per-head policy picks the strategies of this rank's heads and every plan sees the whole sequence, exactly as on
-one process. The dense fallbacks of the runtime (dropout, masks it cannot represent, ...) then run the model's own
-kernel on the local heads, which is what diffusers' own forward op computes.
+one process. The dense fallbacks of the runtime (dense warm-up, dropout, masks it cannot represent, ...) then run
+the model's own kernel (its attention backend, without the parallel config) on the local heads, which is what
+diffusers' own forward op computes. `ulysses_anything=True` (H not a multiple of N) works too: rank r holds heads
+r*ceil(H/N) onwards, the last rank fewer. The templated function is private diffusers API (checked against 0.42).
 
 Ring attention (`ring_degree > 1`, alone or with Ulysses) splits the sequence of every head across ranks and
 merges partial softmaxes; a block plan over the whole sequence does not apply to a slice of it, so those
@@ -61,8 +63,8 @@ def check_context_parallel(parallel_config: Any) -> None:
         raise ContextParallelError(
             f"vidsparse: ring attention (ring_degree={cp.ring_degree}) splits every head's sequence across ranks, so "
             f"per-head block plans over the whole sequence cannot be applied. Use ContextParallelConfig("
-            f"ulysses_degree=N) (head parallelism; N must divide the number of heads), or vidsparse.unpatch(pipe) "
-            f"to run ring attention densely."
+            f"ulysses_degree=N) (head parallelism; add ulysses_anything=True if N does not divide the number of "
+            f"heads), or vidsparse.unpatch(pipe) to run ring attention densely."
         )
 
 
