@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -267,7 +266,7 @@ def profile_pipeline(
     errors = [float(s.error[c, torch.arange(c.numel())].mean()) for s, c in zip(scored, choices)]
     summary = Summary(
         mean_density=dense_density,
-        predicted_speedup=dense_total / predicted if predicted > 0 else math.inf,
+        predicted_speedup=dense_total / max(predicted, 1e-9 * dense_total),  # finite even if every head is skipped
         predicted_error=sum(errors) / len(errors) if errors else 0.0,
     )
     profile = Profile(

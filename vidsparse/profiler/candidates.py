@@ -2,7 +2,7 @@
 
 Parameters are in grid units (frames, tiles) and chosen from the layout's tile grid, so the same list makes
 sense at 480p and at 720p. The grid follows the peers' published settings where they exist (DraftAttention keeps
-10-25% of the draft map; AdaSpa / blockified recall 0.9-0.95; VMoBA's simsum threshold 0.25) and is kept small:
+10-25% of the draft map; AdaSpa-style recall targets; VMoBA's simsum threshold 0.25) and is kept small:
 every candidate costs one masked softmax over the sampled rows per head and call.
 """
 
@@ -46,8 +46,10 @@ def default_candidates(layout: VideoLayout, families: Iterable[str] | None = Non
         ("neighborhood", {"window": (min(frames, 5), 3, 3)}),
         ("draft", {"keep_ratio": 0.1}),
         ("draft", {"keep_ratio": 0.25}),
+        ("draft", {"keep_ratio": 0.4}),
         ("draft", {"mass": 0.9}),
-        ("blockified", {"recall": 0.95}),  # its search costs one dense attention per call: one setting only
+        ("draft", {"mass": 0.97}),
+        ("blockified", {"recall": 0.97}),  # its search costs one dense attention per call: one setting only
         ("vmoba", {}),
         ("vmoba", {"simsum_threshold": 0.5}),
     ]
