@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
                 row.update(ms=seconds * 1e3, tflops=full_flops * density / seconds / 1e12, speedup=speedup,
                            fraction_of_ideal=speedup * density, max_error=error)
                 results.append(row)
-                print(f"  {plan_kind:12s} {target:5.2f} {backend:9s} {seconds * 1e3:9.1f} ms  x{speedup:5.2f}", flush=True)
+                print(f"  {plan_kind:12s} {target:5.2f} {backend:9s} {seconds * 1e3:9.1f} ms  x{speedup:.2f}", flush=True)
     return dict(results=results)
 
 
@@ -159,7 +159,8 @@ def table(results: list[dict]) -> str:
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['shape']} | {r['plan']} | {r['density']:.3f} | {r['backend']} | failed: {r['error'][:60]} | | | | |")
+            failed = f"failed: {r['error'][:60]}"
+            lines.append(f"| {r['shape']} | {r['plan']} | {r['density']:.3f} | {r['backend']} | {failed} | | | | |")
             continue
         err = "" if r["max_error"] is None else f"{r['max_error']:.1e}"
         lines.append(

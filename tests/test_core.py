@@ -158,7 +158,8 @@ def test_plan_validation_errors():
         _plan([[[0, 0]]], [[[[0], [1]]]], skip_heads=torch.tensor([1]))
     layout = VideoLayout(1, 4, 8, tile=(1, 4, 4))
     with pytest.raises(PlanError, match="layout"):
-        BlockPlan(torch.ones(1, 1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 1, dtype=torch.int32), 8, 8, 32, 32, layout=layout)
+        counts, indices = torch.ones(1, 1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 1, dtype=torch.int32)
+        BlockPlan(counts, indices, 8, 8, 32, 32, layout=layout)
     with pytest.raises(PlanError, match="bool"):
         BlockPlan.from_mask(torch.ones(1, 1, 2, 2), layout=layout)
     with pytest.raises(PlanError, match="give block_q"):
@@ -202,7 +203,9 @@ def test_from_mask_round_trip_and_dense_mask_without_layout(batch):
     batch=st.sampled_from([1, 2]),
     density=st.floats(0.0, 1.0),
 )
-def test_dense_mask_with_layout_matches_token_mask(frames, height, width, text_tokens, text_position, tile, batch, density):
+def test_dense_mask_with_layout_matches_token_mask(
+    frames, height, width, text_tokens, text_position, tile, batch, density
+):
     layout = VideoLayout(frames, height, width, text_tokens=text_tokens, text_position=text_position, tile=tile)
     m = layout.num_blocks
     mask = _random_mask(batch, 2, m, m, density)

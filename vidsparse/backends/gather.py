@@ -60,7 +60,8 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Bl
     set_start = torch.cumsum(set_size, 0) - set_size
     set_keys = set_keys.clamp(max=mk - 1)  # unused slots are never read beyond the set's width
     key_valid = torch.arange(bk, device=device) < plan.kv_block_lengths(device).long().unsqueeze(1)  # [Mk, bk]
-    ragged = (~key_valid.all(1))[set_keys].logical_and(torch.arange(set_keys.shape[1], device=device) < set_width.unsqueeze(1))
+    listed = torch.arange(set_keys.shape[1], device=device) < set_width.unsqueeze(1)
+    ragged = (~key_valid.all(1))[set_keys] & listed
     kinds, kind_of_set = torch.unique(
         torch.stack([set_width, set_size, ragged.any(1).long()], 1), dim=0, return_inverse=True
     )
