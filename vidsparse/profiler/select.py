@@ -74,16 +74,29 @@ def layer_ms(candidates: list[Strategy], choice: torch.Tensor, scores: LayerScor
     return cost.sparse_ms(float(blocks.sum())) + planning
 
 
+def _dense_index(candidates: list[Strategy]) -> int | None:
+    return next((i for i, c in enumerate(candidates) if c.name == "dense"), None)
+
+
 def select_within_budget(candidates: list[Strategy], layers: list[LayerScores], cost: CostModel, budget: float) -> list[torch.Tensor]:
-    """Per layer scores, the chosen candidate index per head ([H] long): cheapest with error <= budget."""
+    """Per layer scores, the chosen candidate index per head ([H] long): cheapest with error <= budget.
+
+    A layer whose sparse call would still be slower than the dense kernel (fixed costs, or a slow sparse backend)
+    stays dense: same cost or less, and no error.
+    """
     choices = []
+    dense = _dense_index(candidates)
     for scores in layers:
         costs = head_costs(candidates, scores, cost)
         allowed = scores.error <= budget
-        allowed[[i for i, c in enumerate(candidates) if c.name == "dense"]] = True
+        if dense is not None:
+            allowed[dense] = True
         # Cheapest first, then lowest error: a tiny error tie-breaker term.
         key = torch.where(allowed, costs + 1e-9 * scores.error, torch.full_like(costs, math.inf))
-        choices.append(key.argmin(0))
+        pick = key.argmin(0)
+        if dense is not None and layer_ms(candidates, pick, scores, cost) >= cost.dense_ms:
+            pick = torch.full_like(pick, dense)
+        choices.append(pick)
     return choices
 
 
@@ -99,12 +112,19 @@ def select_for_speedup(
     unit = cost.dense_ms / max(layers[0].error.shape[1], 1) if layers else 1.0  # lambda in errors per dense head
     costs = [head_costs(candidates, s, cost) / max(unit, 1e-12) for s in layers]
 
+    dense = _dense_index(candidates)
+
     def choose(lam: float) -> tuple[list[torch.Tensor], float]:
         picks, total = [], fixed_ms
         for scores, c in zip(layers, costs):
             pick = (scores.error + lam * c + 1e-9 * c).argmin(0)
+            ms = layer_ms(candidates, pick, scores, cost)
+            # The per-head costs miss a sparse call's fixed cost: compare the layer's choice with all-dense.
+            heads = torch.arange(pick.numel())
+            if dense is not None and lam * cost.dense_ms / unit <= float(scores.error[pick, heads].sum()) + lam * ms / unit:
+                pick, ms = torch.full_like(pick, dense), cost.dense_ms
             picks.append(pick)
-            total += scores.weight * layer_ms(candidates, pick, scores, cost)
+            total += scores.weight * ms
         return picks, total
 
     low, high = 1e-6, 1e6
@@ -113,8 +133,8 @@ def select_for_speedup(
         return picks
     picks, total = choose(high)
     if total > target_ms:
-        logger.warning("speed target not reachable: the cheapest choices take %.3g ms for a target of %.3g ms",
-                       total, target_ms)
+        logger.warning("speed target not reachable: the fastest choices found take %.3g ms for a target of %.3g ms; "
+                       "using them", total, target_ms)
         return picks
     while high / low > 1.01:  # bisection in log space: the smallest multiplier that meets the target
         mid = math.sqrt(low * high)
