@@ -1,0 +1,344 @@
+"""Train vidsparse's tiny text-to-video model (issue 9) on procedural shapes and export it as a WanPipeline folder.
+
+One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes`:
+
+1. VAE: an `AutoencoderKLWan` with two down-sampling stages (spatial x4, temporal x2, 8 latent channels) learns
+   to reconstruct short 32 x 32 crops of 5 frames (it is fully convolutional, so it then encodes whole clips).
+   It is trained as a plain autoencoder on the posterior mean (no sampling, no KL): with so few steps the
+   initial unit posterior noise would drown the signal; the pipeline only ever decodes, so nothing else changes.
+2. Transformer: a narrow `WanTransformer3DModel` (patch 1, 3 layers, 2 heads of 32) learns rectified flow on
+   the normalised VAE latents of 17-frame 64 x 64 clips (9 x 16 x 16 = 2304 tokens, so attention is most of a
+   step), conditioned on a frozen, randomly initialised UMT5 encoder over a word-level tokenizer built from
+   `prompt_vocabulary()`. Flow convention of diffusers' flow-matching schedulers: x_t = (1 - s) x_0 + s noise,
+   timestep = 1000 s, the model predicts v = noise - x_0 (so x_0 = x_t - s v, as `UniPCMultistepScheduler`
+   with `prediction_type="flow_prediction"` assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the
+   same shift the exported scheduler applies at inference. 10% of prompts are dropped to "" for CFG.
+
+Latents of freshly drawn clips stream into a ring-buffer pool (one new clip per step) from which batches are
+sampled, so the VAE encoder costs a fraction of a step. Clip i of the run is drawn from
+`np.random.default_rng([seed, 1, i])` (VAE crops use stream 0, latent statistics stream 2); every other random number comes from one `torch.Generator`, saved in
+the checkpoint with the models, optimizers, EMA and pool, so `--resume` continues the same run.
+
+    python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train            # runs until --steps
+    python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train --resume
+    python scripts/train_tiny_wan.py export --out .cache/tiny_wan_train --to models/tiny-wan
+    python scripts/train_tiny_wan.py evaluate --model-dir models/tiny-wan --json scripts/results/tiny_wan_adherence.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vidsparse.testing.shapes import prompt_vocabulary, render_clip, sample_clip_spec, score_clip  # noqa: E402
+
+VAE_CONFIG = dict(base_dim=16, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True],
+                  scale_factor_temporal=2, scale_factor_spatial=4)  # what WanPipeline reads; must match the stages
+TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32, in_channels=8, out_channels=8,
+    text_dim=64, freq_dim=64, ffn_dim=256, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+)
+TEXT_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=16,
+                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+FLOW_SHIFT = 2.0
+FRAMES, SIZE = 17, 64  # training clips: 17 frames of 64 x 64 -> latents 9 x 16 x 16
+TEXT_LENGTHS = (16, 512)  # padded prompt lengths seen in training: TINY_WAN_CALL's 16 and the pipeline default 512
+PROMPT_DROPOUT = 0.1
+
+
+# ------------------------------------------------------------------------------------------- components
+
+def build_tokenizer():
+    """Word-level fast tokenizer over the prompt vocabulary, T5-style: lower-cased words, then "</s>"."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *prompt_vocabulary()])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=512)
+
+
+def build_components(seed: int, latents_mean=None, latents_std=None) -> dict:
+    """Fresh, seeded components of the pipeline (the text encoder stays as initialised)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)).eval()
+    z = VAE_CONFIG["z_dim"]
+    vae = AutoencoderKLWan(**VAE_CONFIG, latents_mean=list(latents_mean or [0.0] * z),
+                           latents_std=list(latents_std or [1.0] * z))
+    transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=FLOW_SHIFT, num_train_timesteps=1000)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+
+
+def clip_tensor(video: np.ndarray) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> float [3, F, H, W] in [-1, 1] (the Wan VAE's pixel range)."""
+    return torch.from_numpy(video).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+def pool_clip(seed: int, index: int, stream: int = 1):
+    spec = sample_clip_spec(np.random.default_rng([seed, stream, index]))
+    return spec.prompt, render_clip(spec, frames=FRAMES, height=SIZE, width=SIZE)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+class Run:
+    """All state of one training run; `state_dict` / `load_state_dict` make it resumable."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.parts = build_components(args.seed)
+        self.vae, self.transformer = self.parts["vae"], self.parts["transformer"]
+        self.ema = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.transformer.parameters(), lr=args.lr, weight_decay=0.01)
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.phase, self.step, self.elapsed = "vae", 0, 0.0
+        self.stats: tuple[list[float], list[float]] | None = None
+        self.pool = torch.zeros(args.pool_size, 8, (FRAMES - 1) // 2 + 1, SIZE // 4, SIZE // 4, dtype=torch.float16)
+        self.pool_prompts: list[str] = [""] * args.pool_size
+        self.clips_seen = 0
+        self._embeds: dict[tuple[str, int], torch.Tensor] = {}
+
+    def state_dict(self) -> dict:
+        return dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
+                    vae=self.vae.state_dict(), vae_opt=self.vae_opt.state_dict(),
+                    transformer=self.transformer.state_dict(), ema=self.ema, opt=self.opt.state_dict(),
+                    gen=self.gen.get_state(), pool=self.pool, pool_prompts=self.pool_prompts,
+                    clips_seen=self.clips_seen,
+                    args={k: v for k, v in vars(self.args).items() if k != "func"})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phase, self.step, self.elapsed, self.stats = state["phase"], state["step"], state["elapsed"], state["stats"]
+        self.vae.load_state_dict(state["vae"])
+        self.vae_opt.load_state_dict(state["vae_opt"])
+        self.transformer.load_state_dict(state["transformer"])
+        self.ema = state["ema"]
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.pool, self.pool_prompts, self.clips_seen = state["pool"], state["pool_prompts"], state["clips_seen"]
+
+    # ----- VAE
+    def vae_step(self) -> float:
+        batch = []
+        for b in range(self.args.vae_batch):
+            spec = sample_clip_spec(np.random.default_rng([self.args.seed, 0, self.step, b]))
+            video = clip_tensor(render_clip(spec, frames=FRAMES, height=SIZE, width=SIZE))
+            f0, y0, x0 = (int(torch.randint(0, n, (1,), generator=self.gen)) for n in (FRAMES - 4, SIZE - 31, SIZE - 31))
+            batch.append(video[:, f0:f0 + 5, y0:y0 + 32, x0:x0 + 32])
+        x = torch.stack(batch)
+        recon = self.vae.decode(self.vae.encode(x).latent_dist.mean).sample
+        loss = F.mse_loss(recon, x) + F.l1_loss(recon, x)
+        self.vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+        for group in self.vae_opt.param_groups:  # cosine decay to 10% over the VAE phase
+            group["lr"] = self.args.vae_lr * (0.55 + 0.45 * math.cos(math.pi * self.step / self.args.vae_steps))
+        self.vae_opt.step()
+        return float(loss)
+
+    # ----- transformer
+    @torch.no_grad()
+    def encode(self, video: np.ndarray) -> torch.Tensor:
+        return self.vae.encode(clip_tensor(video)[None]).latent_dist.mean[0]
+
+    @torch.no_grad()
+    def start_flow(self) -> None:
+        """Freeze the VAE, measure latent statistics and fill the first part of the pool."""
+        self.vae.eval().requires_grad_(False)
+        first = [self.encode(pool_clip(self.args.seed, i, stream=2)[1]) for i in range(32)]
+        stacked = torch.stack(first).transpose(0, 1).flatten(1)
+        self.stats = (stacked.mean(1).tolist(), stacked.std(1).tolist())
+        for _ in range(self.args.pool_init):
+            self.add_clip()
+
+    @torch.no_grad()
+    def add_clip(self) -> None:
+        prompt, video = pool_clip(self.args.seed, self.clips_seen)
+        mean, std = (torch.tensor(s).view(-1, 1, 1, 1) for s in self.stats)
+        slot = self.clips_seen % self.args.pool_size
+        self.pool[slot] = ((self.encode(video) - mean) / std).half()
+        self.pool_prompts[slot] = prompt
+        self.clips_seen += 1
+
+    @torch.no_grad()
+    def embed(self, prompts: list[str], length: int) -> torch.Tensor:
+        from diffusers import WanPipeline
+
+        missing = [p for p in dict.fromkeys(prompts) if (p, length) not in self._embeds]
+        if missing:
+            pipe = WanPipeline(**self.parts)
+            embeds, _ = pipe.encode_prompt(missing, do_classifier_free_guidance=False, max_sequence_length=length,
+                                           device=torch.device("cpu"))
+            self._embeds.update({(p, length): e for p, e in zip(missing, embeds)})
+        return torch.stack([self._embeds[(p, length)] for p in prompts])
+
+    def flow_step(self) -> float:
+        self.add_clip()
+        filled = min(self.clips_seen, self.args.pool_size)
+        idx = torch.randint(0, filled, (self.args.batch,), generator=self.gen)
+        x0 = self.pool[idx].float()
+        drop = torch.rand(self.args.batch, generator=self.gen) < PROMPT_DROPOUT
+        prompts = ["" if d else self.pool_prompts[i] for i, d in zip(idx.tolist(), drop.tolist())]
+        length = TEXT_LENGTHS[int(torch.rand(1, generator=self.gen) < 0.25)]
+        text = self.embed(prompts, length)
+        u = torch.rand(self.args.batch, generator=self.gen)
+        sigma = FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
+        noise = torch.randn(x0.shape, generator=self.gen)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        pred = self.transformer(xt, sigma * 1000, text, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.transformer.parameters(), 1.0)
+        for group in self.opt.param_groups:
+            group["lr"] = self.args.lr * min(1.0, (self.step + 1) / 100)
+        self.opt.step()
+        decay = min(self.args.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for k, v in self.transformer.state_dict().items():
+                self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        return float(loss)
+
+
+def save_checkpoint(run: Run, out: Path) -> None:
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save(run.state_dict(), tmp)
+    os.replace(tmp, out / "checkpoint.pt")
+
+
+def train(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(args)
+    if args.resume:
+        run.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False))
+        print(f"resumed at phase {run.phase} step {run.step}", flush=True)
+    log = open(out / "log.jsonl", "a")
+    last_save = time.time()
+    while True:
+        if run.phase == "vae" and run.step >= args.vae_steps:
+            run.start_flow()
+            run.phase, run.step = "flow", 0
+        if run.phase == "flow" and run.step >= args.steps:
+            break
+        start = time.time()
+        loss = run.vae_step() if run.phase == "vae" else run.flow_step()
+        run.step += 1
+        run.elapsed += time.time() - start
+        log.write(json.dumps(dict(phase=run.phase, step=run.step, loss=loss, elapsed_s=round(run.elapsed, 2))) + "\n")
+        log.flush()
+        if time.time() - last_save > 60 * args.checkpoint_minutes:
+            save_checkpoint(run, out)
+            last_save = time.time()
+    save_checkpoint(run, out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- export, evaluate
+
+def export(args: argparse.Namespace) -> int:
+    from diffusers import WanPipeline
+
+    state = torch.load(Path(args.out) / "checkpoint.pt", weights_only=False)
+    if state["phase"] != "flow":
+        raise SystemExit("the checkpoint has not reached the transformer phase yet")
+    parts = build_components(state["args"]["seed"], *state["stats"])
+    parts["vae"].load_state_dict(state["vae"])
+    parts["transformer"].load_state_dict(state["ema"] if args.weights == "ema" else state["transformer"])
+    WanPipeline(**parts).save_pretrained(args.to, safe_serialization=True)
+    meta = dict(flow_steps=state["step"], train_elapsed_s=round(state["elapsed"], 1), weights=args.weights,
+                seed=state["args"]["seed"], clips_seen=state["clips_seen"])
+    (Path(args.to) / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"exported {meta} to {args.to}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from diffusers import WanPipeline
+
+    from vidsparse.tiny_model import TINY_WAN_CALL, TINY_WAN_PROMPTS
+
+    torch.set_num_threads(args.threads)
+    pipe = WanPipeline.from_pretrained(args.model_dir).to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    prompts = TINY_WAN_PROMPTS[: args.num_prompts]
+    rows, seconds = [], []
+    for i, prompt in enumerate(prompts):
+        start = time.perf_counter()
+        video = pipe(prompt, **TINY_WAN_CALL, output_type="np", generator=torch.Generator().manual_seed(i)).frames[0]
+        seconds.append(time.perf_counter() - start)
+        row = score_clip(video, prompt)
+        rows.append(row)
+        print(json.dumps(row), f"{seconds[-1]:.1f}s", flush=True)
+    summary = {key: float(np.mean([r[key] for r in rows])) for key in ("colour_ok", "count_ok", "motion_ok", "adherence")}
+    result = dict(model_dir=str(args.model_dir), call=TINY_WAN_CALL, threads=args.threads, summary=summary,
+                  seconds_per_clip=dict(mean=float(np.mean(seconds)), max=float(np.max(seconds))), clips=rows)
+    training = Path(args.model_dir) / "training.json"
+    if training.exists():
+        result["training"] = json.loads(training.read_text())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train")
+    p.add_argument("--out", default=".cache/tiny_wan_train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=300)
+    p.add_argument("--vae-batch", type=int, default=4)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=100_000, help="transformer steps (the run can be stopped any time)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--pool-size", type=int, default=2000)
+    p.add_argument("--pool-init", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=train)
+    p = sub.add_parser("export")
+    p.add_argument("--out", default=".cache/tiny_wan_train")
+    p.add_argument("--to", default="models/tiny-wan")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    p.set_defaults(func=export)
+    p = sub.add_parser("evaluate")
+    p.add_argument("--model-dir", default="models/tiny-wan")
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=evaluate)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
