@@ -347,3 +347,21 @@ def test_default_patch_is_sparse_after_warmup_and_first_layer():
     # 5 steps: ceil(0.2 * 5) = 1 dense warm-up step, then layer 0 dense and layer 1 sparse (2 layers, no CFG).
     assert controller.stats == {**controller.stats, "dense_calls": 1 * 2 + 4, "sparse_calls": 4}
     assert torch.isfinite(out).all() and not torch.allclose(out, reference, atol=1e-4)
+
+
+def test_torch_compiled_transformer_patched_after_compiling():
+    """Patching a transformer that torch.compile has already traced (dynamo caches frames per code object)."""
+    pipe = tiny_pipeline("wan")
+    case = Case("wan", "t2v", pipe, 16)
+    vidsparse.patch(pipe, strategy=SPARSE, dense_warmup_steps=0)
+    sparse_eager = case.run()
+    vidsparse.unpatch(pipe)
+    pipe.transformer = torch.compile(pipe.transformer, backend="eager")
+    dense_compiled = case.run()
+    controller = vidsparse.patch(pipe, strategy=SPARSE, dense_warmup_steps=0)
+    try:
+        torch.testing.assert_close(case.run(), sparse_eager)
+    finally:
+        vidsparse.unpatch(pipe)
+    assert controller.stats["sparse_calls"] > 0 and controller.stats["dense_calls"] > 0
+    assert torch.equal(case.run(), dense_compiled)

@@ -415,7 +415,10 @@ class _Installation:
             replacement.scaled_dot_product_attention = slot
         rebound_globals = dict(call.__globals__)
         rebound_globals[kernel_name] = replacement
-        rebound = types.FunctionType(call.__code__, rebound_globals, call.__name__, call.__defaults__, call.__closure__)
+        # A code object of its own: torch.compile caches compiled frames per code object, and a cache entry made for
+        # the original processor refers to names in the original globals.
+        code = call.__code__.replace()
+        rebound = types.FunctionType(code, rebound_globals, call.__name__, call.__defaults__, call.__closure__)
         rebound.__kwdefaults__ = call.__kwdefaults__
         processor = object.__new__(_sparse_class(cls))
         processor.__dict__.update(vars(original))
