@@ -113,6 +113,14 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
 
 
+def command_line(args: argparse.Namespace) -> str:
+    words = ["scripts/bench_attention.py"]
+    for name, value in vars(args).items():
+        if value is not None:
+            words += [f"--{name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return " ".join(words)
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     shapes = CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
@@ -207,7 +215,7 @@ def main() -> None:
         device=device_name(device), threads=torch.get_num_threads(), versions=versions,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), clock=args.clock,
         load_average_before=load_before, load_average_after=os.getloadavg(), repeats=args.repeats,
-        command="scripts/bench_attention.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None),
+        command=command_line(args),
         **report,
     )
     print(table(report["results"]))
