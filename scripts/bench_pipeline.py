@@ -111,12 +111,19 @@ TINY = {
 WINDOWS = [(t, h, w) for t in range(1, 12) for h in range(1, 6) for w in range(1, 14)]
 
 
-def neighborhood_for_density(layout: VideoLayout, target: float) -> tuple[dict[str, Any], float]:
-    """The neighborhood window whose plan density is closest to `target` (ties: the most cube-like window)."""
-    best: tuple[float, float, dict[str, Any], float] | None = None
-    for window in WINDOWS:
-        if any(k > n for k, n in zip(window, layout.tile_grid)):
-            continue
+def neighborhood_for_density(layout: VideoLayout, target: float, candidates: int = 24) -> tuple[dict[str, Any], float]:
+    """The neighborhood window whose plan density is closest to `target` (ties: the most cube-like window).
+
+    Windows are ranked by the text-free estimate prod(min(k, n) / n) over the tile axes, and the best `candidates`
+    of them are planned exactly (planning all of them takes minutes at 720p).
+    """
+    def estimate(window: tuple[int, int, int]) -> float:
+        return math.prod(min(k, n) / n for k, n in zip(window, layout.tile_grid))
+
+    fitting = [w for w in WINDOWS if all(k <= n for k, n in zip(w, layout.tile_grid))]
+    fitting.sort(key=lambda w: (abs(estimate(w) - target), max(w) - min(w)))
+    best: tuple[float, int, dict[str, Any], float] | None = None
+    for window in fitting[:candidates]:
         density = get("neighborhood", window=window).plan(layout).density()
         key = (abs(density - target), max(window) - min(window))
         if best is None or key < best[:2]:

@@ -15,7 +15,7 @@ import torch
 import vidsparse
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
 from vidsparse.families import get_family
-from vidsparse.patch import PatchError, default_strategy, inspect_model, install, installed_controller, uninstall
+from vidsparse.patch import DenseFallbackWarning, PatchError, default_strategy, inspect_model, install, installed_controller, uninstall
 from vidsparse.strategies import get
 from vidsparse.testing import tiny_call, tiny_pipeline
 
@@ -252,8 +252,8 @@ def _untouched(case: Case, before, reference) -> None:
 class _FakeProfile:
     """Duck-typed profile (model/schedule/policy) for another model."""
 
-    def __init__(self, family, num_layers, num_heads) -> None:
-        self.model = type("Model", (), dict(family=family, num_layers=num_layers, num_heads=num_heads))()
+    def __init__(self, family, num_layers, num_heads, **extra) -> None:
+        self.model = type("Model", (), dict(family=family, num_layers=num_layers, num_heads=num_heads, **extra))()
         self.schedule = type("Schedule", (), dict(dense_warmup_steps=0, dense_layers=[]))()
 
     def policy(self):
@@ -273,6 +273,8 @@ def test_errors_leave_pipeline_untouched(full_case):
         vidsparse.patch(pipe, _FakeProfile(info.family, info.num_layers, info.num_heads * 2))
     with pytest.raises(ValueError, match="family"):
         vidsparse.patch(pipe, _FakeProfile("other", info.num_layers, info.num_heads))
+    with pytest.raises(ValueError, match="head_dim"):
+        vidsparse.patch(pipe, _FakeProfile(info.family, info.num_layers, info.num_heads, head_dim=info.head_dim + 8))
     with pytest.raises(ValueError, match="dense_layers"):
         vidsparse.patch(pipe, strategy="dense", dense_layers=[info.num_layers])
     with pytest.raises(ValueError, match="strategy"):
@@ -365,3 +367,19 @@ def test_torch_compiled_transformer_patched_after_compiling():
         vidsparse.unpatch(pipe)
     assert controller.stats["sparse_calls"] > 0 and controller.stats["dense_calls"] > 0
     assert torch.equal(case.run(), dense_compiled)
+
+
+def test_calls_it_cannot_represent_run_the_models_kernel_with_a_warning(monkeypatch):
+    """A grid that does not match the sequence (here: a wrong grid reader) falls back to dense, warning once."""
+    case = Case("wan", "t2v", _pipeline("wan", "t2v"), 16)
+    reference = case.run()
+    monkeypatch.setattr(get_family("wan"), "grid", lambda transformer, inputs: (1, 1, 1))
+    controller = vidsparse.patch(case.pipe, strategy=SPARSE, dense_warmup_steps=0, dense_layers=[])
+    try:
+        with pytest.warns(DenseFallbackWarning, match="does not match the latent grid") as caught:
+            out = case.run()
+    finally:
+        vidsparse.unpatch(case.pipe)
+    assert len([w for w in caught if issubclass(w.category, DenseFallbackWarning)]) == 1
+    assert controller.stats["sparse_calls"] == 0
+    assert torch.equal(out, reference)

@@ -161,9 +161,10 @@ def _profile_policy(
 def _check_profile_model(profile: Any, info: ModelInfo) -> None:
     """Raise ValueError naming what differs between the profile's model and the pipeline's."""
     model = profile.model
-    expected = {"family": info.family, "num_layers": info.num_layers, "num_heads": info.num_heads}
+    expected = {"family": info.family, "num_layers": info.num_layers, "num_heads": info.num_heads,
+                "head_dim": info.head_dim}
     for name, value in expected.items():
-        recorded = getattr(model, name)
+        recorded = getattr(model, name, value)  # head_dim is optional in hand-made profiles
         if recorded != value:
             raise ValueError(f"profile was made for {name}={recorded!r} but this pipeline has {name}={value!r}")
 

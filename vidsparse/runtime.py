@@ -433,10 +433,14 @@ class _Installation:
         model.grid = model.family.grid(module, inputs)
         self.tracker.observe(inputs)
 
-    def warn_once(self, reason: str) -> None:
+    def warn_once(self, reason: str, layer: int) -> None:
+        """One warning per reason (not per layer: a 60-layer model would repeat it 60 times a step)."""
         if reason not in self._warned:
             self._warned.add(reason)
-            warnings.warn(f"vidsparse: {reason}; running the model's dense attention", DenseFallbackWarning, stacklevel=4)
+            warnings.warn(
+                f"vidsparse: {reason} (layer {layer}, and any other layer where it recurs); running the model's "
+                f"dense attention", DenseFallbackWarning, stacklevel=4,
+            )
 
     def layout(self, grid: tuple[int, int, int], text_tokens: int, text_position: str | None) -> VideoLayout:
         key = (grid, text_tokens, text_position)
@@ -484,7 +488,7 @@ class _Slot:
         q, k, v = (self.convention.to_bhsd(bound.arguments[name]) for name in ("query", "key", "value"))
         prepared = self._prepare(bound.arguments, q, k, v)
         if isinstance(prepared, str):
-            self.installation.warn_once(f"layer {self.layer}: {prepared}")
+            self.installation.warn_once(prepared, self.layer)
             return self.original(*args, **kwargs)
         layout, lengths = prepared
         if lengths is None:
