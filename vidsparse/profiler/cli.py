@@ -109,9 +109,11 @@ def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, dict
                             if k not in ("num_frames", "height", "width", "num_inference_steps")}
     if model == "tiny-wan":
         try:
-            from ..tiny_model import load_tiny_wan
+            from ..tiny_model import TINY_WAN_CALL, load_tiny_wan
 
-            return load_tiny_wan(device=device), extra("wan"), model
+            call = {k: v for k, v in TINY_WAN_CALL.items()
+                    if k not in ("num_frames", "height", "width", "num_inference_steps")}
+            return load_tiny_wan(device=device), call, model
         except (ImportError, FileNotFoundError, OSError, ValueError) as error:
             print(f"vidsparse profile: the trained tiny Wan model is not available ({error}); using the random "
                   f"tiny Wan pipeline (vidsparse.testing.tiny_pipeline('wan')) instead", file=sys.stderr)
@@ -133,6 +135,8 @@ def run_profile(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe, call_kwargs, name = load_pipeline(args.model, device, args.dtype)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)  # one bar: the profiler's
     profile = profile_pipeline(
         pipe, prompts, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
         budget=args.budget, target_speedup=args.target_speedup, seed=args.seed, progress=not args.no_progress,
