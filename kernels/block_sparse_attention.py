@@ -62,10 +62,9 @@ def _block_sparse_attention_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # One flat loop over (listed key block, BLOCK_N-chunk of it): the compiler pipelines the loads across
     # key blocks, which a nested per-block loop would not allow.
-    CHUNKS: tl.constexpr = BLOCK_K // BLOCK_N
-    for it in range(count * CHUNKS):
-        kv_block = tl.load(index_row + (it // CHUNKS) * stride_ik)
-        offs_in_block = (it % CHUNKS) * BLOCK_N + tl.arange(0, BLOCK_N)
+    for it in range(count * (BLOCK_K // BLOCK_N)):
+        kv_block = tl.load(index_row + (it // (BLOCK_K // BLOCK_N)) * stride_ik)
+        offs_in_block = (it % (BLOCK_K // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = offs_in_block < tl.load(KV_LENGTHS + kv_block)
         offs_n = kv_block * BLOCK_K + offs_in_block
         k = tl.load(k_base + offs_n[None, :] * stride_ks,
@@ -119,7 +118,10 @@ def launch_config(head_dim: int, block_q: int, block_k: int, *, interpreter: boo
     block_m, block_n, warps, stages = (
         _INTERPRETER_CONFIG if interpreter else _HOPPER_CONFIGS[64 if head_dim <= 64 else 128]
     )
-    return min(block_m, block_q), min(block_n, block_k), warps, stages
+    block_m, block_n = min(block_m, block_q), min(block_n, block_k)
+    if block_m < 128:  # 8 warps only pay off on 128-row tiles (small test tiles of 16-64 rows)
+        warps = min(warps, 4)
+    return block_m, block_n, warps, stages
 
 
 # ----- launch -----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ def triton_available() -> bool:
 
 @register_backend("triton")
 def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float) -> torch.Tensor:
+    """Permute q/k/v to the working order once, run the kernel on all batches and heads, permute back."""
     if not triton_available():
         raise RuntimeError("backend 'triton' needs Triton with a CUDA device, or TRITON_INTERPRET=1 on the CPU")
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
