@@ -43,7 +43,7 @@ def _psnr_from_frames(frames):
 def test_eval_end_to_end_and_reproducible(pipe, tmp_path):
     extra = ["--strategy", WINDOW_1, "--strategy", "dense", "--repeats", "2", "--warmup", "0"]
     report = evaluate_from_args(_args(tmp_path / "a", *extra), pipe=pipe, command="test")
-    again = evaluate_from_args(_args(tmp_path / "b", *extra), pipe=pipe, command="test")
+    again = evaluate_from_args(_args(tmp_path / "b", *extra, "--clock", "process"), pipe=pipe, command="test")
 
     out = tmp_path / "a"
     for name in ("report.json", "report.md", "plots/speed_quality.png", "plots/density_dense-strategy.png"):
@@ -89,7 +89,7 @@ def test_eval_end_to_end_and_reproducible(pipe, tmp_path):
     assert window["density"]["sparse_calls"] == 2 * 2  # 2 runs x step 1 x layer 1 x 2 CFG branches
     np.testing.assert_allclose(dense["density"]["per_layer_head"], 1.0)
 
-    # Same command twice: the same quality numbers.
+    # Same command twice (timed on another clock): the same quality numbers.
     for first, second in zip(report["variants"], again["variants"]):
         assert first["quality"] == second["quality"]
         assert first["density"] == second["density"]
@@ -138,6 +138,8 @@ def test_argument_errors(tmp_path, pipe):
         evaluate_from_args(_args(tmp_path), pipe=pipe)
     with pytest.raises(FileNotFoundError, match="--profile"):
         evaluate_from_args(_args(tmp_path, "--profile", str(tmp_path / "missing.json")), pipe=pipe)
+    with pytest.raises(ValueError, match="clock"):
+        EvalSettings(prompts=["x"], seeds=[0], height=8, width=8, num_frames=1, num_inference_steps=1, clock="gpu")
     with pytest.raises(ValueError, match="JSON object"):
         parse_strategy("neighborhood:[1]")
     assert parse_strategy('neighborhood:{"window": [1, 2, 2]}') == ("neighborhood", {"window": (1, 2, 2)})

@@ -24,6 +24,7 @@ from ..patch import patch
 from .models import load_pipeline
 from .report import summary_table, write_report
 from .runner import EvalSettings, Variant, run_evaluation
+from .timing import CLOCKS
 
 
 def register(subparsers: Any) -> None:
@@ -63,6 +64,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="sparse attention backend (default auto)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="CPU timing clock: wall, or process CPU time (steadier on a loaded machine)")
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--no-videos", action="store_true", help="do not write mp4 files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -174,7 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         prompts=read_prompts(args.prompts, args.prompt), seeds=list(args.seeds), height=args.height,
         width=args.width, num_frames=args.frames, num_inference_steps=args.steps, call_kwargs=call_kwargs,
-        repeats=args.repeats, warmup=args.warmup, fps=args.fps, save_videos=not args.no_videos,
+        repeats=args.repeats, warmup=args.warmup, fps=args.fps, save_videos=not args.no_videos, clock=args.clock,
     )
 
 

@@ -104,7 +104,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- geometry: {settings['num_frames']} frames x {settings['height']} x {settings['width']}, "
         f"{settings['num_inference_steps']} steps; prompts: {len(settings['prompts'])}, seeds: {settings['seeds']}",
         f"- timing: median of {dense['num_runs']} runs per mode ({settings['repeats']} per prompt and seed, after "
-        f"{settings['warmup']} warm-up run(s)); device: {report.get('device', '-')}",
+        f"{settings['warmup']} warm-up run(s)); clock: {settings['clock']}; device: {report.get('device', '-')}",
         f"- {report['lpips']}",
     ]
     if report.get("command"):

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..runtime import install, installed_controller, uninstall
 from .density import DensityRecorder
 from .quality import VideoQuality, compare_videos, find_lpips, mean_quality
-from .timing import ForwardTimer, RunTiming, TimedController, summarize, time_end_to_end
+from .timing import CLOCKS, ForwardTimer, RunTiming, TimedController, summarize, time_end_to_end
 from .video import side_by_side, write_mp4
 
 
@@ -55,6 +55,8 @@ class EvalSettings:
     warmup: int = 1
     fps: int = 16
     save_videos: bool = True
+    #: CPU timing clock, "wall" or "process" (see timing.py); CUDA always uses events
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -65,6 +67,8 @@ class EvalSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
 
@@ -139,19 +143,20 @@ def _device(pipe: Any) -> torch.device:
 class _Mode:
     """A controller to install for a mode's runs, with its timer and (for sparse modes) density recorder."""
 
-    def __init__(self, pipe: Any, controller: Any, sparse: bool) -> None:
+    def __init__(self, pipe: Any, controller: Any, sparse: bool, clock: str = "wall") -> None:
         self.pipe = pipe
-        self.timed = TimedController(controller, _device(pipe))
+        self.clock = clock
+        self.timed = TimedController(controller, _device(pipe), clock)
         self.recorder = DensityRecorder(self.timed, controller) if sparse else None
         self.outer = self.recorder if self.recorder is not None else self.timed
 
     def run(self, settings: EvalSettings, prompt: str, seed: int) -> tuple[np.ndarray, RunTiming]:
         device = _device(self.pipe)
         self.timed.timer.reset()
-        forwards = ForwardTimer(_transformers(self.pipe), device)
+        forwards = ForwardTimer(_transformers(self.pipe), device, self.clock)
         install(self.pipe, self.outer)
         try:
-            output, seconds = time_end_to_end(lambda: self.pipe(**settings.call(prompt, seed)), device)
+            output, seconds = time_end_to_end(lambda: self.pipe(**settings.call(prompt, seed)), device, self.clock)
         finally:
             uninstall(self.pipe)
             forwards.remove()
@@ -225,8 +230,8 @@ def run_evaluation(
 
     dense = ModeResult("dense")
     results = [ModeResult(v.label, budget=v.budget, description=v.description) for v in variants]
-    modes = [_Mode(pipe, _DenseController(), sparse=False)]
-    modes += [_Mode(pipe, _make_controller(pipe, v), sparse=True) for v in variants]
+    modes = [_Mode(pipe, _DenseController(), sparse=False, clock=settings.clock)]
+    modes += [_Mode(pipe, _make_controller(pipe, v), sparse=True, clock=settings.clock) for v in variants]
 
     pairs = list(_grid(settings))
     total = len(modes) * (settings.warmup + len(pairs) * settings.repeats)

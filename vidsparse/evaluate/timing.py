@@ -10,8 +10,10 @@ Definitions, per pipeline call (one video):
 - attention share: attention / transformer, the fraction of a denoising step the sparse kernels can act on.
 
 On CUDA the intervals inside a call are measured with CUDA events, which do not synchronize, so timing does not
-change how work overlaps; they are resolved once at the end of the call. On CPU they are wall-clock intervals.
-Several runs are summarised by their median.
+change how work overlaps; they are resolved once at the end of the call. On CPU they are wall-clock intervals, or,
+with `clock="process"`, CPU time of the process (all its threads): steadier on a shared, loaded machine, where
+wall time mostly measures the other tenants; ratios (speedups, shares) stay comparable, absolute values are CPU
+seconds. Several runs are summarised by their median.
 """
 
 from __future__ import annotations
@@ -31,11 +33,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class IntervalTimer:
-    """Sums the durations of many intervals on one device (CUDA events on GPU, wall clock on CPU)."""
+CLOCKS = ("wall", "process")
 
-    def __init__(self, device: torch.device | str) -> None:
+
+def now(clock: str = "wall") -> float:
+    """Seconds on the given CPU clock: "wall" (perf_counter) or "process" (CPU time of all threads)."""
+    if clock == "wall":
+        return time.perf_counter()
+    if clock == "process":
+        return time.process_time()
+    raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+
+
+class IntervalTimer:
+    """Sums the durations of many intervals on one device (CUDA events on GPU, `clock` on CPU)."""
+
+    def __init__(self, device: torch.device | str, clock: str = "wall") -> None:
+        now(clock)  # validates the name
         self.device = torch.device(device)
+        self.clock = clock
         self._open: list[Any] = []
         self._closed: list[tuple[Any, Any]] = []
 
@@ -44,7 +60,7 @@ class IntervalTimer:
             event = torch.cuda.Event(enable_timing=True)
             event.record(torch.cuda.current_stream(self.device))
             return event
-        return time.perf_counter()
+        return now(self.clock)
 
     def start(self) -> None:
         self._open.append(self._mark())
@@ -81,8 +97,8 @@ class IntervalTimer:
 class ForwardTimer:
     """Times every forward of the given modules through forward hooks (removed by `remove()`)."""
 
-    def __init__(self, modules: list[torch.nn.Module], device: torch.device | str) -> None:
-        self.timer = IntervalTimer(device)
+    def __init__(self, modules: list[torch.nn.Module], device: torch.device | str, clock: str = "wall") -> None:
+        self.timer = IntervalTimer(device, clock)
         self._handles = []
         for module in modules:
             self._handles.append(module.register_forward_pre_hook(lambda *_: self.timer.start()))
@@ -97,9 +113,9 @@ class ForwardTimer:
 class TimedController:
     """Wraps an attention controller (vidsparse.patch's protocol: call -> output) and times every call."""
 
-    def __init__(self, inner: Callable[[Any], torch.Tensor], device: torch.device | str) -> None:
+    def __init__(self, inner: Callable[[Any], torch.Tensor], device: torch.device | str, clock: str = "wall") -> None:
         self.inner = inner
-        self.timer = IntervalTimer(device)
+        self.timer = IntervalTimer(device, clock)
 
     def __call__(self, call: Any) -> torch.Tensor:
         with self.timer.measure():
@@ -127,14 +143,15 @@ class RunTiming:
         return self.transformer_s / self.steps
 
 
-def time_end_to_end(fn: Callable[[], Any], device: torch.device | str) -> tuple[Any, float]:
-    """(fn(), seconds) with the device synchronized before and after."""
+def time_end_to_end(fn: Callable[[], Any], device: torch.device | str, clock: str = "wall") -> tuple[Any, float]:
+    """(fn(), seconds) with the device synchronized before and after (`clock`: see `now`; wall on CUDA)."""
     device = torch.device(device)
+    clock = "wall" if device.type == "cuda" else clock
     synchronize(device)
-    start = time.perf_counter()
+    start = now(clock)
     result = fn()
     synchronize(device)
-    return result, time.perf_counter() - start
+    return result, now(clock) - start
 
 
 def summarize(runs: list[RunTiming]) -> dict[str, Any]:
