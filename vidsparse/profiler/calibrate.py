@@ -114,9 +114,9 @@ class CalibrationController:
             self.dtype, self.device = call.q.dtype, call.q.device
             self.candidates = default_candidates(call.layout, self.families)
             self.table = ScoreTable(self.candidates, self.num_heads)
-        elif call.layout != self.layout:
-            raise ValueError(f"calibration calls have different layouts ({self.layout} and {call.layout}); profile one "
-                             f"geometry at a time")
+        elif call.layout.grid != self.layout.grid:  # text lengths may differ (key-padding masks); the grid may not
+            raise ValueError(f"calibration calls have different latent grids ({self.layout.grid} and "
+                             f"{call.layout.grid}); profile one geometry at a time")
         if call.step in self.samples and call.layer not in self.dense_layers:
             rows = sample_rows(call.layout, self.rows, self.generator)
             scores = score_call(self.candidates, call.q, call.k, call.v, call.layout, rows=rows, scale=call.scale,
