@@ -22,6 +22,7 @@ the checkpoint with the models, optimizers, EMA and pool, so `--resume` continue
     python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train            # runs until --steps
     python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train --resume
     python scripts/train_tiny_wan.py export --out .cache/tiny_wan_train --to models/tiny-wan
+    python scripts/train_tiny_wan.py summarize --out .cache/tiny_wan_train --json scripts/results/tiny_wan_train.json
     python scripts/train_tiny_wan.py evaluate --model-dir models/tiny-wan --json scripts/results/tiny_wan_adherence.json
 """
 
@@ -306,6 +307,31 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def summarize(args: argparse.Namespace) -> int:
+    """Loss curve summary of a run's log (the last entry wins for steps repeated after a resume)."""
+    steps: dict[tuple[str, int], dict] = {}
+    for line in open(Path(args.out) / "log.jsonl"):
+        row = json.loads(line)
+        steps[(row["phase"], row["step"])] = row
+    result = {}
+    for phase in ("vae", "flow"):
+        rows = [steps[k] for k in sorted(k for k in steps if k[0] == phase)]
+        if not rows:
+            continue
+        window = max(1, len(rows) // 10)
+        curve = [dict(steps=f"{rows[i]['step']}-{rows[min(i + window, len(rows)) - 1]['step']}",
+                      mean_loss=round(float(np.mean([r["loss"] for r in rows[i:i + window]])), 4))
+                 for i in range(0, len(rows), window)]
+        result[phase] = dict(steps=len(rows), compute_s=rows[-1]["elapsed_s"] - (rows[0]["elapsed_s"] if phase == "flow" else 0.0),
+                             curve=curve)
+    result["total_compute_s"] = max(r["elapsed_s"] for r in steps.values())
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -336,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     p.set_defaults(func=evaluate)
+    p = sub.add_parser("summarize")
+    p.add_argument("--out", default=".cache/tiny_wan_train")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=summarize)
     args = parser.parse_args(argv)
     return args.func(args)
 

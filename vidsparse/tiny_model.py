@@ -56,5 +56,5 @@ def load_tiny_wan(device: str | torch.device = "cpu", dtype: torch.dtype = torch
         )
     from diffusers import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(TINY_MODEL_DIR, torch_dtype=dtype)
+    pipe = WanPipeline.from_pretrained(TINY_MODEL_DIR, dtype=dtype)
     return pipe.to(device)
