@@ -3,7 +3,8 @@
 Two processes (gloo, set up by accelerate's PartialState) run diffusers' own Ulysses context parallelism on CPU,
 each with the tiny Wan pipeline (4 heads) patched with a policy whose heads all use different strategies (static
 and dynamic), compared with the same patched pipeline in this process; the same processes merge calibration score
-tables (vidsparse.profiler.distributed), compared with one table filled with every call.
+tables (vidsparse.profiler.distributed), compared with one table filled with every call, and run `profile_pipeline`
+with one calibration prompt each, which must leave both ranks with the statistics of both prompts.
 
 diffusers 0.42 computes `rank % torch.accelerator.device_count()` when it builds the mesh, which divides by zero on
 a machine without accelerator; the workers report one device (it is only recorded; tensors stay on the CPU).
@@ -23,6 +24,7 @@ import torch.multiprocessing as mp
 
 from vidsparse.parallel import ContextParallelError, check_context_parallel
 from vidsparse.patch import SparseController, install
+from vidsparse.profiler import profile_pipeline
 from vidsparse.profiler.distributed import all_reduce_score_table, split_prompts
 from vidsparse.profiler.scoring import CallScores, ScoreTable
 from vidsparse.strategies import get
@@ -107,6 +109,20 @@ def _score_calls(seed: int) -> list[tuple[int, int, CallScores]]:
             for b, layer in keys]
 
 
+#: Static families, the ideal cost model and a loose budget (random weights): selection then depends on the merged statistics only, not on what
+#: each rank timed.
+PROFILE_FAMILIES = ("diagonal", "neighborhood")
+PROFILE_PROMPTS = ["a red circle moving left", "two blue squares bouncing"]
+PROFILE_GEOMETRY = dict(height=TINY_CALL["wan"]["height"], width=TINY_CALL["wan"]["width"],
+                        frames=TINY_CALL["wan"]["num_frames"], steps=4, sample_steps=2, rows=16)
+
+
+def _scored(profile) -> list[tuple[float, float]]:
+    """(error, recall, density) of every scored head entry: the merged statistics, independent of the timed costs."""
+    return [(choice.error, choice.recall, choice.density) for bucket in profile.buckets for layer in bucket.heads
+            for choice in layer if choice.strategy.name != "dense"]
+
+
 def _worker(rank: int, port: int, seed: int, results) -> None:
     try:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -131,6 +147,11 @@ def _worker(rank: int, port: int, seed: int, results) -> None:
             table.counts,
             {key: t.numpy() for key, t in table.max_error.items()},
         )
+        # profile_pipeline on two processes: one prompt each, statistics merged.
+        profile = profile_pipeline(tiny_pipeline("wan", num_attention_heads=HEADS), PROFILE_PROMPTS, progress=False,
+                                   seed=seed, budget=0.6, cost_model="ideal", families=PROFILE_FAMILIES, call_kwargs=dict(guidance_scale=1.0),
+                                   **PROFILE_GEOMETRY)
+        report["profile"] = (profile.calibration.prompts, _scored(profile))
         # Ulysses context parallelism; rank 0 patches before enable_parallelism, rank 1 after.
         torch.accelerator.device_count = lambda: 1  # see the module docstring
         for case, (heads, anything) in CASES.items():
@@ -218,6 +239,14 @@ def test_score_tables_merged_across_ranks_equal_one_process_table(ranks):
             for name, total in single.sums[key].items():
                 torch.testing.assert_close(torch.from_numpy(sums[key][name]), total, rtol=1e-12, atol=1e-12)
             assert torch.equal(torch.from_numpy(worst[key]), single.max_error[key])
+
+
+def test_profiling_on_two_processes_merges_both_prompts(ranks):
+    """Each rank generated one prompt; after the merge both select from the same statistics of both prompts."""
+    _, reports = ranks
+    (prompts0, scored0), (prompts1, scored1) = reports[0]["profile"], reports[1]["profile"]
+    assert prompts0 == prompts1 == len(PROFILE_PROMPTS)
+    assert scored0 and scored0 == scored1
 
 
 def test_all_reduce_without_process_group_leaves_the_table():

@@ -4,6 +4,9 @@ from .attention import available_backends, block_sparse_attention
 from .layout import VideoLayout
 from .patch import patch, unpatch
 from .plan import BlockPlan, PlanError
+from .profile import Profile, ProfileError
 
-__all__ = ["BlockPlan", "PlanError", "VideoLayout", "available_backends", "block_sparse_attention", "patch", "unpatch"]
+__all__ = [
+    "BlockPlan", "PlanError", "Profile", "ProfileError", "VideoLayout", "available_backends", "block_sparse_attention", "patch", "unpatch",
+]
 __version__ = "0.1.0"

@@ -9,7 +9,9 @@
 Every attention call of the calibration runs the model's own dense kernel (`call.dense()`), so the generation is
 exactly the dense one. At the sampled steps, for every layer outside the dense schedule, the call's q/k/v are
 scored against every candidate (`scoring.score_call`) and only running means are kept; memory stays bounded by
-one call's scores. With `save_qkv`, the q/k/v of the chosen layers at the sampled steps are written with
+one call's scores. Launched on several processes (`accelerate launch` / `torchrun`, torch.distributed
+initialized), each rank generates its share of the prompts and the score tables are all-reduced, so every rank
+selects from the statistics of all prompts (`profiler.distributed`); the caller saves on rank 0. With `save_qkv`, the q/k/v of the chosen layers at the sampled steps are written with
 safetensors for offline re-search (that is the one thing that grows with the run, and only for those layers).
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ..controller import DenseSchedule
 from ..layout import VideoLayout
@@ -31,6 +34,7 @@ from ..runtime import AttentionCall, inspect_model, install, uninstall
 from ..strategies import Strategy
 from .candidates import default_candidates
 from .cost import backend_name, ideal_cost_model, measure_cost_model
+from .distributed import all_reduce_score_table, split_prompts
 from .scoring import ScoreTable, sample_rows, score_call
 from .select import LayerScores, layer_ms, select_for_speedup, select_within_budget
 
@@ -209,8 +213,9 @@ def profile_pipeline(
     if families is not None:
         families = list(families)
         default_candidates(VideoLayout(1, 1, 1), families)  # unknown names fail now, not after a generation
+    mine = _this_rank_prompts(prompts)
     generator = torch.Generator().manual_seed(seed)
-    bar = _progress(len(prompts) * steps, progress)
+    bar = _progress(len(mine) * steps, progress)
     controller = CalibrationController(
         families, info.num_heads, steps=steps, samples=samples, edges=edges, dense_layers=schedule.dense_layers,
         rows=rows, generator=generator, save_layers=() if save_qkv is None else save_qkv[1],
@@ -218,7 +223,7 @@ def profile_pipeline(
     )
     install(pipe, controller)
     try:
-        for index, prompt in enumerate(prompts):
+        for index, prompt in mine:
             controller.last_step = None
             _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs)
     finally:
@@ -229,6 +234,7 @@ def profile_pipeline(
     layout, candidates, table = controller.layout, controller.candidates, controller.table
     if layout is None or table is None:
         raise RuntimeError("the pipeline made no self-attention call that vidsparse could intercept")
+    all_reduce_score_table(table)  # several processes: every rank now holds the statistics of all prompts
     if save_qkv is not None:
         from safetensors.torch import save_file
 
@@ -288,6 +294,16 @@ def profile_pipeline(
                            selection_s=time.perf_counter() - started - calibration_s - cost_s,
                            total_s=time.perf_counter() - started)
     return profile
+
+
+def _this_rank_prompts(prompts: list[str]) -> list[tuple[int, str]]:
+    """(global index, prompt) of this process: all prompts, or its share when torch.distributed runs several."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(enumerate(prompts))
+    if len(prompts) < dist.get_world_size():
+        raise ValueError(f"profiling on {dist.get_world_size()} processes needs at least as many calibration prompts, "
+                         f"got {len(prompts)}")
+    return split_prompts(prompts)
 
 
 def _generate(pipe, prompt, height, width, frames, steps, seed, call_kwargs) -> Any:

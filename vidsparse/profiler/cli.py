@@ -8,11 +8,15 @@
 built-in trained tiny Wan model, `vidsparse.tiny_model`; falls back to the random tiny Wan pipeline with a
 message when its weights are missing), or `tiny-<family>` / `tiny-<family>-random` (a random tiny pipeline from
 `vidsparse.testing.tiny_pipeline`).
+
+On several processes (`accelerate launch --num_processes 2 -m vidsparse profile ...`), each rank calibrates on its
+share of the prompts, the score statistics are merged, and rank 0 writes the profile.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,6 +138,11 @@ def run_profile(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompts)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # `accelerate launch` / `torchrun`: one process per device
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device == "cpu")  # initializes the process group
+        device = args.device or str(state.device)
     pipe, call_kwargs, name = load_pipeline(args.model, device, args.dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar: the profiler's
@@ -144,6 +153,8 @@ def run_profile(args: argparse.Namespace) -> int:
         rows=args.rows, families=args.families, backend=args.backend, cost_model=args.cost, name=name,
         save_qkv=(args.save_qkv, args.save_qkv_layers) if args.save_qkv else None, call_kwargs=call_kwargs,
     )
+    if _rank() != 0:  # several processes: rank 0 writes the one profile and reports
+        return 0
     profile.save(args.out)
     print(summary_text(profile, args.out))
     if args.check:
@@ -157,6 +168,12 @@ def run_profile(args: argparse.Namespace) -> int:
               f"prompt; head error predicted {result['predicted_error']:.4f}, achieved {result['achieved_error']:.4f} "
               f"({len(result['heads'])} sparse head entries); final latents relative error {result['latent_error']:.4f}")
     return 0
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def run_inspect(args: argparse.Namespace) -> int:
