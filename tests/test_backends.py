@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from vidsparse import BlockPlan, VideoLayout, block_sparse_attention
 from vidsparse.attention import resolve_backend
 from vidsparse.backends import gather
+from vidsparse.testing.plans import random_block_plan
 
 FAST_BACKENDS = ["reference", "gather"]
 
@@ -33,18 +34,6 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda x, **kw: real(x, **kw).fill_(float("nan")))
 
 
-def _random_plan(layout, batch, heads, density, skip_head=None):
-    m = layout.num_blocks
-    mask = torch.rand(batch, heads, m, m) < density
-    mask[..., torch.arange(m), torch.randint(m, (m,))] = True  # no empty query block
-    skip = None
-    if skip_head is not None:
-        mask[:, skip_head] = False
-        skip = torch.zeros(heads, dtype=torch.bool)
-        skip[skip_head] = True
-    return BlockPlan.from_mask(mask, layout=layout, skip_heads=skip)
-
-
 def _check(out, q, k, v, plan, *, scale=None, atol=2e-5):
     assert out.shape == q.shape and out.dtype == q.dtype
     assert not bool(out.isnan().any()), "rows left unwritten (poisoned NaN)"
@@ -58,7 +47,7 @@ def test_layout_plans(backend, head_dim, text_position, poisoned):
     # 3x5x7 grid on 2x4x4 tiles: ragged edge tiles; 11 text tokens: a partly filled text block.
     layout = VideoLayout(3, 5, 7, text_tokens=11, text_position=text_position, tile=(2, 4, 4))
     q, k, v = (torch.randn(2, 3, layout.seq_len, head_dim) for _ in range(3))
-    plan = _random_plan(layout, 2, 3, density=0.3, skip_head=1)
+    plan = random_block_plan(layout, 2, 3, density=0.3, skip_head=1)
     out = block_sparse_attention(q, k, v, plan, backend=backend)
     _check(out, q, k, v, plan)
     assert bool((out[:, 1] == 0).all())  # skipped head
@@ -81,7 +70,7 @@ def test_plans_without_layout(backend, q_len, kv_len, poisoned):
 def test_reference_float64_and_auto():
     layout = VideoLayout(2, 4, 6, text_tokens=3, tile=(1, 4, 4))
     q, k, v = (torch.randn(1, 2, layout.seq_len, 32, dtype=torch.float64) for _ in range(3))
-    plan = _random_plan(layout, 1, 2, density=0.4)
+    plan = random_block_plan(layout, 1, 2, density=0.4)
     out = block_sparse_attention(q, k, v, plan, backend="reference")
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, oracle(q, k, v, plan), rtol=1e-12, atol=1e-12)
@@ -93,7 +82,7 @@ def test_gather_chunks_and_mixed_groups(monkeypatch, poisoned):
     monkeypatch.setattr(gather, "_CHUNK_ELEMENTS", 1)
     layout = VideoLayout(4, 6, 9, text_tokens=20, tile=(2, 4, 4))
     q, k, v = (torch.randn(2, 4, layout.seq_len, 64) for _ in range(3))
-    plan = _random_plan(layout, 2, 4, density=0.5, skip_head=3)
+    plan = random_block_plan(layout, 2, 4, density=0.5, skip_head=3)
     _check(block_sparse_attention(q, k, v, plan, backend="gather"), q, k, v, plan)
 
 
@@ -113,7 +102,7 @@ def test_gather_random_plans(frames, height, width, text_tokens, text_position, 
     torch.manual_seed(seed)
     layout = VideoLayout(frames, height, width, text_tokens=text_tokens, text_position=text_position, tile=tile)
     q, k, v = (torch.randn(2, 2, layout.seq_len, 16) for _ in range(3))
-    plan = _random_plan(layout, batch, 2, density)
+    plan = random_block_plan(layout, batch, 2, density)
     _check(block_sparse_attention(q, k, v, plan, backend="gather"), q, k, v, plan)
 
 
@@ -123,7 +112,7 @@ def test_flex(poisoned):
     # a skipped head and a batch-shared plan.
     layout = VideoLayout(2, 5, 7, text_tokens=9, text_position="prefix", tile=(1, 4, 4))
     q, k, v = (torch.randn(2, 2, layout.seq_len, 64) for _ in range(3))
-    plan = _random_plan(layout, 1, 2, density=0.4, skip_head=0)
+    plan = random_block_plan(layout, 1, 2, density=0.4, skip_head=0)
     out = block_sparse_attention(q, k, v, plan, backend="flex")
     _check(out, q, k, v, plan)
     assert bool((out[:, 0] == 0).all())
@@ -131,7 +120,7 @@ def test_flex(poisoned):
 
 def test_input_errors():
     layout = VideoLayout(1, 4, 8, tile=(1, 4, 4))
-    plan = _random_plan(layout, 1, 2, density=0.5)
+    plan = random_block_plan(layout, 1, 2, density=0.5)
     q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
     with pytest.raises(ValueError, match=r"\[B, H, S, D\]"):
         block_sparse_attention(q[0], k, v, plan)
@@ -148,7 +137,7 @@ def test_input_errors():
     with pytest.raises(ValueError, match="heads"):
         block_sparse_attention(q[:, :1], k[:, :1], v[:, :1], plan)
     with pytest.raises(ValueError, match="batch"):
-        two = _random_plan(layout, 2, 2, density=0.5)
+        two = random_block_plan(layout, 2, 2, density=0.5)
         block_sparse_attention(*(x.expand(3, -1, -1, -1) for x in (q, k, v)), two)
     with pytest.raises(ValueError, match="sequence lengths"):
         block_sparse_attention(q[:, :, :30], k, v, plan)

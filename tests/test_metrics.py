@@ -8,18 +8,7 @@ import torch
 from vidsparse import BlockPlan, VideoLayout
 from vidsparse import metrics
 from vidsparse.metrics import attention_recall, relative_l2_error
-
-
-def _random_plan(layout: VideoLayout, batch: int, heads: int, skip_head: int | None = None) -> BlockPlan:
-    m = layout.num_blocks
-    mask = torch.rand(batch, heads, m, m) < 0.4
-    mask |= torch.eye(m, dtype=torch.bool)  # no empty query block
-    skip = None
-    if skip_head is not None:
-        mask[:, skip_head] = False
-        skip = torch.zeros(heads, dtype=torch.bool)
-        skip[skip_head] = True
-    return BlockPlan.from_mask(mask, layout=layout, skip_heads=skip)
+from vidsparse.testing.plans import random_block_plan
 
 
 def _brute_force(q, k, v, plan, rows, scale):
@@ -41,7 +30,7 @@ def test_metrics_match_brute_force(plan_batch, text_position, monkeypatch):
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 1000)
     layout = VideoLayout(3, 5, 7, text_tokens=9, text_position=text_position, tile=(1, 4, 4))
     q, k, v = (torch.randn(2, 3, layout.seq_len, 16) for _ in range(3))
-    plan = _random_plan(layout, plan_batch, 3, skip_head=1)
+    plan = random_block_plan(layout, plan_batch, 3, 0.4, skip_head=1)
     rows = torch.randperm(layout.seq_len)[:40]
     scale = 0.3
     err, recall = _brute_force(q, k, v, plan, rows, scale)
@@ -90,7 +79,7 @@ def test_one_head_plan_is_scored_on_every_head():
     # A static strategy's plan has one head; each head of q is scored as if the plan were copied to it.
     layout = VideoLayout(3, 5, 7, text_tokens=4, tile=(1, 4, 4))
     q, k, v = (torch.randn(2, 3, layout.seq_len, 8) for _ in range(3))
-    plan = _random_plan(layout, 1, 1)
+    plan = random_block_plan(layout, 1, 1, 0.4)
     copied = BlockPlan.concat_heads([plan] * 3)
     err, recall = _brute_force(q, k, v, copied, torch.arange(layout.seq_len), 1 / math.sqrt(8))
     torch.testing.assert_close(relative_l2_error(q, k, v, plan), err, rtol=1e-10, atol=1e-12)
