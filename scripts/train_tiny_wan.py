@@ -3,7 +3,11 @@
 One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes`:
 
 1. VAE: an `AutoencoderKLWan` with two down-sampling stages (spatial x4, temporal x2, 8 latent channels) learns
-   to reconstruct short 32 x 32 crops of 5 frames (it is fully convolutional, so it then encodes whole clips).
+   to reconstruct short 32 x 32 crops of 5 frames, then of 9 frames (it is fully convolutional, so it then encodes
+   whole clips). The Wan VAE is causal and runs the first frame, then chunks of 4 frames, carrying convolution
+   caches between chunks: 5-frame crops only ever train the first-frame -> chunk transition, and such a VAE
+   decodes frames 5 onwards as grey noise; the 9-frame stage trains the chunk -> chunk transition every later
+   chunk uses.
    It is trained as a plain autoencoder on the posterior mean (no sampling, no KL): with so few steps the
    initial unit posterior noise would drown the signal; the pipeline only ever decodes, so nothing else changes.
 2. Transformer: a narrow `WanTransformer3DModel` (patch 1, 3 layers, 2 heads of 32) learns rectified flow on
@@ -142,22 +146,26 @@ class Run:
 
     # ----- VAE
     def vae_step(self) -> float:
+        long = self.step >= self.args.vae_steps  # second stage: 9-frame crops
+        frames = 9 if long else 5
         batch = []
         for b in range(self.args.vae_batch):
             spec = sample_clip_spec(np.random.default_rng([self.args.seed, 0, self.step, b]))
             video = clip_tensor(render_clip(spec, frames=FRAMES, height=SIZE, width=SIZE))
-            f0, y0, x0 = (int(torch.randint(0, n, (1,), generator=self.gen)) for n in (FRAMES - 4, SIZE - 31, SIZE - 31))
-            batch.append(video[:, f0:f0 + 5, y0:y0 + 32, x0:x0 + 32])
+            f0, y0, x0 = (int(torch.randint(0, n, (1,), generator=self.gen))
+                          for n in (FRAMES - frames + 1, SIZE - 31, SIZE - 31))
+            batch.append(video[:, f0:f0 + frames, y0:y0 + 32, x0:x0 + 32])
         x = torch.stack(batch)
         recon = self.vae.decode(self.vae.encode(x).latent_dist.mean).sample
         loss = F.mse_loss(recon, x) + F.l1_loss(recon, x)
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
-        for group in self.vae_opt.param_groups:  # cosine decay to 10% over the VAE phase
-            group["lr"] = self.args.vae_lr * (0.55 + 0.45 * math.cos(math.pi * self.step / self.args.vae_steps))
+        for group in self.vae_opt.param_groups:  # cosine decay to 10% over the first stage, then 25%
+            group["lr"] = self.args.vae_lr * (
+                0.25 if long else 0.55 + 0.45 * math.cos(math.pi * self.step / self.args.vae_steps))
         self.vae_opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     # ----- transformer
     @torch.no_grad()
@@ -221,7 +229,7 @@ class Run:
         with torch.no_grad():
             for k, v in self.transformer.state_dict().items():
                 self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-        return float(loss)
+        return float(loss.detach())
 
 
 def save_checkpoint(run: Run, out: Path) -> None:
@@ -241,7 +249,7 @@ def train(args: argparse.Namespace) -> int:
     log = open(out / "log.jsonl", "a")
     last_save = time.time()
     while True:
-        if run.phase == "vae" and run.step >= args.vae_steps:
+        if run.phase == "vae" and run.step >= args.vae_steps + args.vae_long_steps:
             run.start_flow()
             run.phase, run.step = "flow", 0
         if run.phase == "flow" and run.step >= args.steps:
@@ -338,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train")
     p.add_argument("--out", default=".cache/tiny_wan_train")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=300)
+    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--vae-long-steps", type=int, default=150,
+                   help="then steps on 9-frame crops (two 4-frame chunks after the first frame)")
     p.add_argument("--vae-batch", type=int, default=4)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--steps", type=int, default=100_000, help="transformer steps (the run can be stopped any time)")
