@@ -7,8 +7,8 @@ can be scored against their prompts (`vidsparse.testing.shapes.score_clip`). It 
 (`models/tiny-wan/`: WanTransformer3DModel, AutoencoderKLWan, UMT5 text encoder, word-level tokenizer,
 UniPC flow scheduler), loaded with `WanPipeline.from_pretrained`.
 
-Geometry at TINY_WAN_CALL: 17 frames of 64 x 64 -> latents 9 x 16 x 16 (VAE x4 spatial, x2 temporal),
-patch 1 -> 2304 tokens per self-attention call; 3 layers of 2 heads x 32.
+Geometry at TINY_WAN_CALL: 17 frames of 64 x 64 -> latents 9 x 32 x 32 (VAE x2 spatial, x2 temporal),
+patch 1 x 2 x 2 as in Wan -> 9 x 16 x 16 = 2304 tokens per self-attention call; 3 layers of 2 heads x 32.
 """
 
 from __future__ import annotations

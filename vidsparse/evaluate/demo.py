@@ -1,6 +1,6 @@
 """`vidsparse demo`: profile the built-in tiny model and evaluate the profile, offline, in a few CPU minutes.
 
-Steps: load the trained tiny Wan model (`tiny-wan`: 3 layers, 2 heads of 32, a 9 x 16 x 16 latent grid = 2304
+Steps: load the trained tiny Wan model (`tiny-wan`: 3 layers, 2 heads of 32, a 9 x 16 x 16 token grid = 2304
 tokens per attention call, so attention is most of a step); profile it at an error budget on calibration
 prompt; evaluate the saved profile with `vidsparse eval` on another prompt and two seeds; print the summary and
 where the files are. The command line of that evaluation is printed and recorded in the report, so the numbers
