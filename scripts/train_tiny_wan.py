@@ -26,6 +26,7 @@ the checkpoint with the models, optimizers, EMA and pool, so `--resume` continue
 
     python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train            # runs until --steps
     python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train --resume
+    python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train --resume models/tiny-wan/training_state.pt
     python scripts/train_tiny_wan.py check-vae --out .cache/tiny_wan_train --json scripts/results/tiny_wan_vae.json
     python scripts/train_tiny_wan.py export --out .cache/tiny_wan_train --to models/tiny-wan
     python scripts/train_tiny_wan.py summarize --out .cache/tiny_wan_train --json scripts/results/tiny_wan_train.json
@@ -152,23 +153,40 @@ class Run:
         self.clips_seen = 0
         self._embeds: dict[tuple[str, int], torch.Tensor] = {}
 
-    def state_dict(self) -> dict:
-        return dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
-                    vae=self.vae.state_dict(), vae_opt=self.vae_opt.state_dict(),
-                    transformer=self.transformer.state_dict(), ema=self.ema, opt=self.opt.state_dict(),
-                    gen=self.gen.get_state(), pool=self.pool, pool_prompts=self.pool_prompts,
-                    clips_seen=self.clips_seen,
-                    args={k: v for k, v in vars(self.args).items() if k != "func"})
+    def state_dict(self, slim: bool = False) -> dict:
+        """Everything needed to continue the run. `slim` (transformer phase only) leaves out the latent pool
+        (rebuilt on load by re-encoding the same clips) and the VAE optimizer: a few MB instead of ~600."""
+        state = dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
+                     vae=self.vae.state_dict(), transformer=self.transformer.state_dict(), ema=self.ema,
+                     opt=self.opt.state_dict(), gen=self.gen.get_state(), clips_seen=self.clips_seen,
+                     args={k: v for k, v in vars(self.args).items() if k != "func"})
+        if not slim:
+            state.update(vae_opt=self.vae_opt.state_dict(), pool=self.pool, pool_prompts=self.pool_prompts)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.phase, self.step, self.elapsed, self.stats = state["phase"], state["step"], state["elapsed"], state["stats"]
         self.vae.load_state_dict(state["vae"])
-        self.vae_opt.load_state_dict(state["vae_opt"])
         self.transformer.load_state_dict(state["transformer"])
         self.ema = state["ema"]
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
-        self.pool, self.pool_prompts, self.clips_seen = state["pool"], state["pool_prompts"], state["clips_seen"]
+        self.clips_seen = state["clips_seen"]
+        if "vae_opt" in state:
+            self.vae_opt.load_state_dict(state["vae_opt"])
+        if self.phase == "flow":
+            self.vae.eval().requires_grad_(False)
+        if "pool" in state:
+            self.pool, self.pool_prompts = state["pool"], state["pool_prompts"]
+        else:
+            self.refill_pool()
+
+    @torch.no_grad()
+    def refill_pool(self) -> None:
+        """Re-encode the clips the pool held (clip i sits in slot i % pool_size): the same pool as before."""
+        seen, self.clips_seen = self.clips_seen, max(0, self.clips_seen - self.args.pool_size)
+        while self.clips_seen < seen:
+            self.add_clip()
 
     # ----- VAE
     def vae_step(self) -> tuple[float, float]:
@@ -268,8 +286,8 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = Run(args)
-    if args.resume:
-        run.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False))
+    if args.resume is not None:
+        run.load_state_dict(torch.load(args.resume or out / "checkpoint.pt", weights_only=False))
         print(f"resumed at phase {run.phase} step {run.step}", flush=True)
     log = open(out / "log.jsonl", "a")
     last_save = time.time()
@@ -309,6 +327,9 @@ def export(args: argparse.Namespace) -> int:
     parts["vae"].load_state_dict(state["vae"])
     parts["transformer"].load_state_dict(state["ema"] if args.weights == "ema" else state["transformer"])
     WanPipeline(**parts).save_pretrained(args.to, safe_serialization=True)
+    run = Run(argparse.Namespace(**state["args"]))  # the slim state to continue training from
+    run.load_state_dict(state)
+    torch.save(run.state_dict(slim=True), Path(args.to) / "training_state.pt")
     meta = dict(flow_steps=state["step"], train_elapsed_s=round(state["elapsed"], 1), weights=args.weights,
                 seed=state["args"]["seed"], clips_seen=state["clips_seen"])
     (Path(args.to) / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -415,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool-init", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",
+                   help="continue from --out's checkpoint, or from STATE (e.g. models/tiny-wan/training_state.pt)")
     p.set_defaults(func=train)
     p = sub.add_parser("export")
     p.add_argument("--out", default=".cache/tiny_wan_train")
