@@ -13,8 +13,8 @@ One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes
    unweighted, a VAE first learns to paint the background and drops every shape.
 2. Transformer: a narrow `WanTransformer3DModel` (patch 1 x 2 x 2 as in Wan, 3 layers, 2 heads of 32) learns
    rectified flow on the normalised VAE latents of 17-frame 64 x 64 clips (latents 9 x 32 x 32, patches
-   9 x 16 x 16 = 2304 tokens, so attention is most of a step), conditioned on a frozen, randomly initialised UMT5 encoder over a word-level tokenizer built from
-   `prompt_vocabulary()`. Flow convention of diffusers' flow-matching schedulers: x_t = (1 - s) x_0 + s noise,
+   9 x 16 x 16 = 2304 tokens, so attention is most of a step), conditioned on a frozen, randomly initialised
+   UMT5 encoder over a word-level tokenizer built from `prompt_vocabulary()`. Flow convention of diffusers' flow-matching schedulers: x_t = (1 - s) x_0 + s noise,
    timestep = 1000 s, the model predicts v = noise - x_0 (so x_0 = x_t - s v, as `UniPCMultistepScheduler`
    with `prediction_type="flow_prediction"` assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the
    same shift the exported scheduler applies at inference. 10% of prompts are dropped to "" for CFG.
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -148,21 +147,19 @@ class Run:
         self.gen = torch.Generator().manual_seed(args.seed)
         self.phase, self.step, self.elapsed = "vae", 0, 0.0
         self.stats: tuple[list[float], list[float]] | None = None
-        self.pool = torch.zeros(args.pool_size, LATENT_CHANNELS, (FRAMES - 1) // 2 + 1, SIZE // 2, SIZE // 2, dtype=torch.float16)
+        self.pool = torch.zeros(args.pool_size, LATENT_CHANNELS, (FRAMES - 1) // 2 + 1, SIZE // 2, SIZE // 2,
+                                dtype=torch.float16)
         self.pool_prompts: list[str] = [""] * args.pool_size
         self.clips_seen = 0
         self._embeds: dict[tuple[str, int], torch.Tensor] = {}
 
-    def state_dict(self, slim: bool = False) -> dict:
-        """Everything needed to continue the run. `slim` (transformer phase only) leaves out the latent pool
-        (rebuilt on load by re-encoding the same clips) and the VAE optimizer: a few MB instead of ~600."""
-        state = dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
-                     vae=self.vae.state_dict(), transformer=self.transformer.state_dict(), ema=self.ema,
-                     opt=self.opt.state_dict(), gen=self.gen.get_state(), clips_seen=self.clips_seen,
-                     args={k: v for k, v in vars(self.args).items() if k != "func"})
-        if not slim:
-            state.update(vae_opt=self.vae_opt.state_dict(), pool=self.pool, pool_prompts=self.pool_prompts)
-        return state
+    def state_dict(self) -> dict:
+        return dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
+                    vae=self.vae.state_dict(), vae_opt=self.vae_opt.state_dict(),
+                    transformer=self.transformer.state_dict(), ema=self.ema, opt=self.opt.state_dict(),
+                    gen=self.gen.get_state(), pool=self.pool, pool_prompts=self.pool_prompts,
+                    clips_seen=self.clips_seen,
+                    args={k: v for k, v in vars(self.args).items() if k != "func"})
 
     def load_state_dict(self, state: dict) -> None:
         self.phase, self.step, self.elapsed, self.stats = state["phase"], state["step"], state["elapsed"], state["stats"]
@@ -275,6 +272,12 @@ class Run:
         return float(loss.detach())
 
 
+def slim_state(state: dict) -> dict:
+    """A transformer-phase state without what `Run.load_state_dict` can rebuild or no longer needs: the latent pool
+    (re-encoded from the same clips) and the VAE optimizer. A few MB instead of ~600."""
+    return {k: v for k, v in state.items() if k not in ("pool", "pool_prompts", "vae_opt")}
+
+
 def save_checkpoint(run: Run, out: Path) -> None:
     tmp = out / "checkpoint.pt.tmp"
     torch.save(run.state_dict(), tmp)
@@ -327,9 +330,7 @@ def export(args: argparse.Namespace) -> int:
     parts["vae"].load_state_dict(state["vae"])
     parts["transformer"].load_state_dict(state["ema"] if args.weights == "ema" else state["transformer"])
     WanPipeline(**parts).save_pretrained(args.to, safe_serialization=True)
-    run = Run(argparse.Namespace(**state["args"]))  # the slim state to continue training from
-    run.load_state_dict(state)
-    torch.save(run.state_dict(slim=True), Path(args.to) / "training_state.pt")
+    torch.save(slim_state(state), Path(args.to) / "training_state.pt")  # to continue training from
     meta = dict(flow_steps=state["step"], train_elapsed_s=round(state["elapsed"], 1), weights=args.weights,
                 seed=state["args"]["seed"], clips_seen=state["clips_seen"])
     (Path(args.to) / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
