@@ -17,7 +17,11 @@ One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes
    UMT5 encoder over a word-level tokenizer built from `prompt_vocabulary()`. Flow convention of diffusers' flow-matching schedulers: x_t = (1 - s) x_0 + s noise,
    timestep = 1000 s, the model predicts v = noise - x_0 (so x_0 = x_t - s v, as `UniPCMultistepScheduler`
    with `prediction_type="flow_prediction"` assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the
-   same shift the exported scheduler applies at inference. 10% of prompts are dropped to "" for CFG.
+   same shift the exported scheduler applies at inference. 10% of prompts are dropped to "" for CFG. The loss
+   is weighted --shape-weight times on latent pixels over a shape (`latent_shape_mask`, ~9% of them) and
+   normalised by the mean weight: with plain MSE the first 2011 steps learned the prompted background and no
+   shape. Per-pixel weights leave the optimum (the conditional mean velocity) unchanged; they only say where
+   the model's capacity goes first.
 
 Latents of freshly drawn clips stream into a ring-buffer pool (one new clip per step) from which batches are
 sampled, so the VAE encoder costs a fraction of a step. Clip i of the run is drawn from
@@ -118,13 +122,28 @@ def clip_tensor(video: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(video).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
 
 
-def foreground_weight(x: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
-    """Per-pixel loss weight of a clip batch [B, 3, F, H, W]: `weight` on the shapes, 1 on the plain background
-    (each clip's median colour). Shapes cover a few percent of the pixels: unweighted, the VAE first learns to
-    paint the background and drops them."""
+def shape_mask(x: torch.Tensor) -> torch.Tensor:
+    """Where the shapes are in a clip batch [B, 3, F, H, W] -> bool [B, 1, F, H, W]: pixels away from the plain
+    background (each clip's median colour)."""
     background = x.flatten(2).median(dim=2).values[:, :, None, None, None]
-    on_shape = (x - background).abs().amax(dim=1, keepdim=True) > 0.1
-    return 1.0 + (weight - 1.0) * on_shape.float()
+    return (x - background).abs().amax(dim=1, keepdim=True) > 0.1
+
+
+def foreground_weight(x: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
+    """Per-pixel VAE loss weight of a clip batch [B, 3, F, H, W]: `weight` on the shapes, 1 on the background.
+    Shapes cover a few percent of the pixels: unweighted, the VAE first learns to paint the background and drops
+    them."""
+    return 1.0 + (weight - 1.0) * shape_mask(x).float()
+
+
+def latent_shape_mask(x: torch.Tensor) -> torch.Tensor:
+    """`shape_mask` of clips [B, 3, F, H, W] at the latent grid of the VAE [B, 1, 1 + (F - 1) / 2, H / 2, W / 2]:
+    latent frame 0 is frame 0 and latent frame k frames 2k - 1 and 2k (the causal Wan VAE), a latent pixel is on a
+    shape when any pixel of its 2 x 2 patch is."""
+    mask = shape_mask(x).float()
+    first, rest = mask[:, :, :1], mask[:, :, 1:]
+    pooled = torch.cat([F.max_pool3d(first, (1, 2, 2)), F.max_pool3d(rest, (2, 2, 2))], dim=2)
+    return pooled > 0
 
 
 def pool_clip(seed: int, index: int, stream: int = 1):
@@ -149,6 +168,7 @@ class Run:
         self.stats: tuple[list[float], list[float]] | None = None
         self.pool = torch.zeros(args.pool_size, LATENT_CHANNELS, (FRAMES - 1) // 2 + 1, SIZE // 2, SIZE // 2,
                                 dtype=torch.float16)
+        self.pool_masks = torch.zeros(args.pool_size, 1, *self.pool.shape[2:], dtype=torch.bool)
         self.pool_prompts: list[str] = [""] * args.pool_size
         self.clips_seen = 0
         self._embeds: dict[tuple[str, int], torch.Tensor] = {}
@@ -157,7 +177,7 @@ class Run:
         return dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
                     vae=self.vae.state_dict(), vae_opt=self.vae_opt.state_dict(),
                     transformer=self.transformer.state_dict(), ema=self.ema, opt=self.opt.state_dict(),
-                    gen=self.gen.get_state(), pool=self.pool, pool_prompts=self.pool_prompts,
+                    gen=self.gen.get_state(), pool=self.pool, pool_masks=self.pool_masks, pool_prompts=self.pool_prompts,
                     clips_seen=self.clips_seen,
                     args={k: v for k, v in vars(self.args).items() if k != "func"})
 
@@ -173,9 +193,9 @@ class Run:
             self.vae_opt.load_state_dict(state["vae_opt"])
         if self.phase == "flow":
             self.vae.eval().requires_grad_(False)
-        if "pool" in state:
-            self.pool, self.pool_prompts = state["pool"], state["pool_prompts"]
-        else:
+        if "pool_masks" in state:
+            self.pool, self.pool_masks, self.pool_prompts = state["pool"], state["pool_masks"], state["pool_prompts"]
+        elif self.phase == "flow":  # a slim state, or one saved before the masks were pooled
             self.refill_pool()
 
     @torch.no_grad()
@@ -228,6 +248,7 @@ class Run:
         mean, std = (torch.tensor(s).view(-1, 1, 1, 1) for s in self.stats)
         slot = self.clips_seen % self.args.pool_size
         self.pool[slot] = ((self.encode(video) - mean) / std).half()
+        self.pool_masks[slot] = latent_shape_mask(clip_tensor(video)[None])[0]
         self.pool_prompts[slot] = prompt
         self.clips_seen += 1
 
@@ -243,7 +264,14 @@ class Run:
             self._embeds.update({(p, length): e for p, e in zip(missing, embeds)})
         return torch.stack([self._embeds[(p, length)] for p in prompts])
 
-    def flow_step(self) -> float:
+    def lr_factor(self) -> float:
+        """100 warm-up steps, then constant; over the last --lr-decay-steps before --steps, linear down to 0.1."""
+        left = self.args.steps - self.step
+        decay = 1.0 if left > self.args.lr_decay_steps else 0.1 + 0.9 * left / self.args.lr_decay_steps
+        return min(1.0, (self.step + 1) / 100) * decay
+
+    def flow_step(self) -> tuple[float, float]:
+        """One transformer step; returns (plain MSE, the shape-weighted loss it optimises)."""
         self.add_clip()
         filled = min(self.clips_seen, self.args.pool_size)
         idx = torch.randint(0, filled, (self.args.batch,), generator=self.gen)
@@ -258,24 +286,26 @@ class Run:
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         pred = self.transformer(xt, sigma * 1000, text, return_dict=False)[0]
-        loss = F.mse_loss(pred, noise - x0)
+        error = (pred - (noise - x0)).pow(2)
+        weight = 1.0 + (self.args.shape_weight - 1.0) * self.pool_masks[idx].float()
+        loss = (error * weight).mean() / weight.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.transformer.parameters(), 1.0)
         for group in self.opt.param_groups:
-            group["lr"] = self.args.lr * min(1.0, (self.step + 1) / 100)
+            group["lr"] = self.args.lr * self.lr_factor()
         self.opt.step()
         decay = min(self.args.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             for k, v in self.transformer.state_dict().items():
                 self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-        return float(loss.detach())
+        return float(error.detach().mean()), float(loss.detach())
 
 
 def slim_state(state: dict) -> dict:
     """A transformer-phase state without what `Run.load_state_dict` can rebuild or no longer needs: the latent pool
     (re-encoded from the same clips) and the VAE optimizer. A few MB instead of ~600."""
-    return {k: v for k, v in state.items() if k not in ("pool", "pool_prompts", "vae_opt")}
+    return {k: v for k, v in state.items() if k not in ("pool", "pool_masks", "pool_prompts", "vae_opt")}
 
 
 def save_checkpoint(run: Run, out: Path) -> None:
@@ -306,7 +336,7 @@ def train(args: argparse.Namespace) -> int:
         if run.phase == "vae":
             row["loss"], row["shape_l1"] = run.vae_step()
         else:
-            row["loss"] = run.flow_step()
+            row["loss"], row["weighted_loss"] = run.flow_step()
         run.step += 1
         run.elapsed += time.time() - start
         log.write(json.dumps(dict(row, elapsed_s=round(run.elapsed, 2))) + "\n")
@@ -409,9 +439,15 @@ def summarize(args: argparse.Namespace) -> int:
         if not rows:
             continue
         window = max(1, len(rows) // 10)
-        curve = [dict(steps=f"{rows[i]['step']}-{rows[min(i + window, len(rows)) - 1]['step']}",
-                      mean_loss=round(float(np.mean([r["loss"] for r in rows[i:i + window]])), 4))
-                 for i in range(0, len(rows), window)]
+        curve = []
+        for i in range(0, len(rows), window):
+            chunk = rows[i:i + window]
+            point = dict(steps=f"{chunk[0]['step']}-{chunk[-1]['step']}",
+                         mean_loss=round(float(np.mean([r["loss"] for r in chunk])), 4))
+            weighted = [r["weighted_loss"] for r in chunk if "weighted_loss" in r]
+            if weighted:  # shape-weighted steps (the optimised loss; "loss" stays the plain MSE)
+                point["mean_weighted_loss"] = round(float(np.mean(weighted)), 4)
+            curve.append(point)
         result[phase] = dict(steps=len(rows), compute_s=rows[-1]["elapsed_s"] - (rows[0]["elapsed_s"] if phase == "flow" else 0.0),
                              curve=curve)
     result["total_compute_s"] = max(r["elapsed_s"] for r in steps.values())
@@ -432,7 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100_000, help="transformer steps (the run can be stopped any time)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-decay-steps", type=int, default=0, help="decay the learning rate over these last steps")
     p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--shape-weight", type=float, default=10.0,
+                   help="flow loss weight of latent pixels on a shape (1: plain MSE, as the first 2011 steps)")
     p.add_argument("--pool-size", type=int, default=2000)
     p.add_argument("--pool-init", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
