@@ -9,14 +9,15 @@ One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes
    noise, and one trained on 9 frames drifts in colour and position from frame 9 on, hence the longer stages.
    It is trained as a plain autoencoder on the posterior mean (no sampling, no KL): with so few steps the
    initial unit posterior noise would drown the signal; the pipeline only ever decodes, so nothing else changes.
-   The loss is weighted 10x on the shapes (`foreground_weight`), which cover a few percent of the pixels:
-   unweighted, a VAE first learns to paint the background and drops every shape.
+   The loss is weighted 10x on the shapes (`shape_mask`, `mask_weight`), which cover a few percent of the
+   pixels: unweighted, a VAE first learns to paint the background and drops every shape.
 2. Transformer: a narrow `WanTransformer3DModel` (patch 1 x 2 x 2 as in Wan, 3 layers, 2 heads of 32) learns
    rectified flow on the normalised VAE latents of 17-frame 64 x 64 clips (latents 9 x 32 x 32, patches
    9 x 16 x 16 = 2304 tokens, so attention is most of a step), conditioned on a frozen, randomly initialised
-   UMT5 encoder over a word-level tokenizer built from `prompt_vocabulary()`. Flow convention of diffusers' flow-matching schedulers: x_t = (1 - s) x_0 + s noise,
-   timestep = 1000 s, the model predicts v = noise - x_0 (so x_0 = x_t - s v, as `UniPCMultistepScheduler`
-   with `prediction_type="flow_prediction"` assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the
+   UMT5 encoder over a word-level tokenizer built from `prompt_vocabulary()`. Flow convention of diffusers'
+   flow-matching schedulers: x_t = (1 - s) x_0 + s noise, timestep = 1000 s, the model predicts
+   v = noise - x_0 (so x_0 = x_t - s v, as `UniPCMultistepScheduler` with `prediction_type="flow_prediction"`
+   assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the
    same shift the exported scheduler applies at inference. 10% of prompts are dropped to "" for CFG. The loss
    is weighted --shape-weight times on latent pixels over a shape (`latent_shape_mask`, ~9% of them) and
    normalised by the mean weight: with plain MSE the first 2011 steps learned the prompted background and no
@@ -25,8 +26,9 @@ One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes
 
 Latents of freshly drawn clips stream into a ring-buffer pool (one new clip per step) from which batches are
 sampled, so the VAE encoder costs a fraction of a step. Clip i of the run is drawn from
-`np.random.default_rng([seed, 1, i])` (VAE crops use stream 0, latent statistics stream 2); every other random number comes from one `torch.Generator`, saved in
-the checkpoint with the models, optimizers, EMA and pool, so `--resume` continues the same run.
+`np.random.default_rng([seed, 1, i])` (VAE clips use stream 0, latent statistics stream 2); every other random
+number comes from one `torch.Generator`, saved in the checkpoint with the models, optimizers, EMA and pool, so
+`--resume` continues the same run.
 
     python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train            # runs until --steps
     python scripts/train_tiny_wan.py train --out .cache/tiny_wan_train --resume
@@ -129,11 +131,11 @@ def shape_mask(x: torch.Tensor) -> torch.Tensor:
     return (x - background).abs().amax(dim=1, keepdim=True) > 0.1
 
 
-def foreground_weight(x: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
-    """Per-pixel VAE loss weight of a clip batch [B, 3, F, H, W]: `weight` on the shapes, 1 on the background.
-    Shapes cover a few percent of the pixels: unweighted, the VAE first learns to paint the background and drops
-    them."""
-    return 1.0 + (weight - 1.0) * shape_mask(x).float()
+def mask_weight(mask: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pixel loss weight: `weight` where `mask` is set (on a shape), 1 elsewhere. Shapes cover a few percent
+    of the pixels: unweighted, the VAE first learns to paint the background and drops them, and the transformer
+    learns the background and draws no shape."""
+    return 1.0 + (weight - 1.0) * mask.float()
 
 
 def latent_shape_mask(x: torch.Tensor) -> torch.Tensor:
@@ -177,8 +179,8 @@ class Run:
         return dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
                     vae=self.vae.state_dict(), vae_opt=self.vae_opt.state_dict(),
                     transformer=self.transformer.state_dict(), ema=self.ema, opt=self.opt.state_dict(),
-                    gen=self.gen.get_state(), pool=self.pool, pool_masks=self.pool_masks, pool_prompts=self.pool_prompts,
-                    clips_seen=self.clips_seen,
+                    gen=self.gen.get_state(), pool=self.pool, pool_masks=self.pool_masks,
+                    pool_prompts=self.pool_prompts, clips_seen=self.clips_seen,
                     args={k: v for k, v in vars(self.args).items() if k != "func"})
 
     def load_state_dict(self, state: dict) -> None:
@@ -217,26 +219,27 @@ class Run:
             batch.append(video[:, f0:f0 + frames])
         x = torch.stack(batch)
         recon = self.vae.decode(self.vae.encode(x).latent_dist.mean).sample
-        weight = foreground_weight(x)
+        on_shape = shape_mask(x)
+        weight = mask_weight(on_shape, 10.0)
         loss = (((recon - x).pow(2) + (recon - x).abs()) * weight).mean()
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.vae_opt.param_groups:  # halved for the last stage
             group["lr"] = self.args.vae_lr * (0.5 if frames == VAE_STAGES[-1][0] else 1.0)
         self.vae_opt.step()
-        on_shape = (weight > 1).expand_as(x)
-        return float(loss.detach()), float((recon - x).detach().abs()[on_shape].mean())
+        return float(loss.detach()), float((recon - x).detach().abs()[on_shape.expand_as(x)].mean())
 
     # ----- transformer
     @torch.no_grad()
-    def encode(self, video: np.ndarray) -> torch.Tensor:
-        return self.vae.encode(clip_tensor(video)[None]).latent_dist.mean[0]
+    def encode(self, clip: torch.Tensor) -> torch.Tensor:
+        """Latent mean of clips [B, 3, F, H, W]."""
+        return self.vae.encode(clip).latent_dist.mean
 
     @torch.no_grad()
     def start_flow(self) -> None:
         """Freeze the VAE, measure latent statistics and fill the first part of the pool."""
         self.vae.eval().requires_grad_(False)
-        first = [self.encode(pool_clip(self.args.seed, i, stream=2)[1]) for i in range(32)]
+        first = [self.encode(clip_tensor(pool_clip(self.args.seed, i, stream=2)[1])[None])[0] for i in range(32)]
         stacked = torch.stack(first).transpose(0, 1).flatten(1)
         self.stats = (stacked.mean(1).tolist(), stacked.std(1).tolist())
         for _ in range(self.args.pool_init):
@@ -247,8 +250,9 @@ class Run:
         prompt, video = pool_clip(self.args.seed, self.clips_seen)
         mean, std = (torch.tensor(s).view(-1, 1, 1, 1) for s in self.stats)
         slot = self.clips_seen % self.args.pool_size
-        self.pool[slot] = ((self.encode(video) - mean) / std).half()
-        self.pool_masks[slot] = latent_shape_mask(clip_tensor(video)[None])[0]
+        clip = clip_tensor(video)[None]
+        self.pool[slot] = ((self.encode(clip)[0] - mean) / std).half()
+        self.pool_masks[slot] = latent_shape_mask(clip)[0]
         self.pool_prompts[slot] = prompt
         self.clips_seen += 1
 
@@ -287,7 +291,7 @@ class Run:
         xt = (1 - s) * x0 + s * noise
         pred = self.transformer(xt, sigma * 1000, text, return_dict=False)[0]
         error = (pred - (noise - x0)).pow(2)
-        weight = 1.0 + (self.args.shape_weight - 1.0) * self.pool_masks[idx].float()
+        weight = mask_weight(self.pool_masks[idx], self.args.shape_weight)
         loss = (error * weight).mean() / weight.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,8 +3,8 @@
 Steps: load the trained tiny Wan model (`tiny-wan`: 3 layers, 2 heads of 32, a 9 x 16 x 16 token grid = 2304
 tokens per attention call, so attention is most of a step); profile it at an error budget on calibration
 prompt; evaluate the saved profile and one fixed window strategy with `vidsparse eval` on another prompt and
-two seeds; print the summary and where the files are. The command line of that evaluation is printed and recorded in the report, so the numbers
-can be reproduced with `vidsparse eval` alone.
+two seeds; print the summary and where the files are. The command line of that evaluation is printed and
+recorded in the report, so the numbers can be reproduced with `vidsparse eval` alone.
 
 When the trained weights or the profiler are not part of this build, the demo says so and falls back to a
 random-weight tiny Wan pipeline with the same token geometry and/or one fixed strategy on every head.
