@@ -382,16 +382,24 @@ def evaluate(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     prompts = TINY_WAN_PROMPTS[: args.num_prompts]
     rows, seconds = [], []
-    for i, prompt in enumerate(prompts):
-        start = time.perf_counter()
-        video = pipe(prompt, **TINY_WAN_CALL, output_type="np", generator=torch.Generator().manual_seed(i)).frames[0]
-        seconds.append(time.perf_counter() - start)
-        row = score_clip(video, prompt)
-        rows.append(row)
-        print(json.dumps(row), f"{seconds[-1]:.1f}s", flush=True)
-    summary = {key: float(np.mean([r[key] for r in rows])) for key in ("colour_ok", "count_ok", "motion_ok", "adherence")}
-    result = dict(model_dir=str(args.model_dir), call=TINY_WAN_CALL, threads=args.threads, summary=summary,
-                  seconds_per_clip=dict(mean=float(np.mean(seconds)), max=float(np.max(seconds))), clips=rows)
+    # Clip (prompt i, repeat r) uses seed r * len(prompts) + i: repeat 0 is the demo's seeds.
+    for r in range(args.seeds):
+        for i, prompt in enumerate(prompts):
+            seed = r * len(prompts) + i
+            start = time.perf_counter()
+            generator = torch.Generator().manual_seed(seed)
+            video = pipe(prompt, **TINY_WAN_CALL, output_type="np", generator=generator).frames[0]
+            seconds.append(time.perf_counter() - start)
+            rows.append(dict(seed=seed, **score_clip(video, prompt)))
+            print(json.dumps(rows[-1]), f"{seconds[-1]:.1f}s", flush=True)
+    summary = {}
+    for key in ("colour_ok", "count_ok", "motion_ok", "adherence"):
+        values = np.array([row[key] for row in rows], dtype=float)
+        summary[key] = float(values.mean())
+        summary[f"{key}_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    result = dict(model_dir=str(args.model_dir), call=TINY_WAN_CALL, threads=args.threads, clips_scored=len(rows),
+                  summary=summary, seconds_per_clip=dict(mean=float(np.mean(seconds)), max=float(np.max(seconds))),
+                  clips=rows)
     training = Path(args.model_dir) / "training.json"
     if training.exists():
         result["training"] = json.loads(training.read_text())
@@ -491,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("evaluate")
     p.add_argument("--model-dir", default="models/tiny-wan")
     p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--seeds", type=int, default=3, help="clips per prompt (16 clips alone score in steps of 0.06)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     p.set_defaults(func=evaluate)
