@@ -17,12 +17,11 @@ One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes
    UMT5 encoder over a word-level tokenizer built from `prompt_vocabulary()`. Flow convention of diffusers'
    flow-matching schedulers: x_t = (1 - s) x_0 + s noise, timestep = 1000 s, the model predicts
    v = noise - x_0 (so x_0 = x_t - s v, as `UniPCMultistepScheduler` with `prediction_type="flow_prediction"`
-   assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the
-   same shift the exported scheduler applies at inference. 10% of prompts are dropped to "" for CFG. The loss
-   is weighted --shape-weight times on latent pixels over a shape (`latent_shape_mask`, ~9% of them) and
-   normalised by the mean weight: with plain MSE the first 2011 steps learned the prompted background and no
-   shape. Per-pixel weights leave the optimum (the conditional mean velocity) unchanged; they only say where
-   the model's capacity goes first.
+   assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the same shift the exported scheduler applies at
+   inference. 10% of prompts are dropped to "" for CFG. The loss is weighted --shape-weight times on latent
+   pixels over a shape (`latent_shape_mask`, ~9% of them) and normalised by the mean weight: with plain MSE the
+   first 2011 steps learned the prompted background and no shape. Per-pixel weights leave the optimum (the
+   conditional mean velocity) unchanged; they only say where the model's capacity goes first.
 
 Latents of freshly drawn clips stream into a ring-buffer pool (one new clip per step) from which batches are
 sampled, so the VAE encoder costs a fraction of a step. Clip i of the run is drawn from
