@@ -9,7 +9,12 @@ example printed by hypothesis reproduces exactly.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,26 +162,44 @@ def test_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("dtype,head_dim", [("fp16", 64), ("bf16", 128), ("bf16", 96)])
-def test_compiles_for_hopper_with_tensor_cores_and_pipelined_loads(dtype, head_dim, monkeypatch):
+def test_compiles_for_hopper_with_tensor_cores_and_pipelined_loads(dtype, head_dim, tmp_path):
     """Compile (no GPU needed) for sm_90 with the launch table's config: CI's only guard on the GPU code path.
 
-    Integer arguments and pointers are marked 16-divisible, as Triton specializes them at a real launch.
-    Checks warpgroup MMA (wgmma) and that key/value tiles are loaded by pipelined async copies. The compiler
-    reads TRITON_INTERPRET while generating code (interpreter semantics for tl.program_id fail there), so the
-    compile runs with it off.
+    Checks warpgroup MMA (wgmma) and that key/value tiles are loaded by pipelined async copies. The compile
+    runs in a fresh Python started without TRITON_INTERPRET: once Triton is imported under the interpreter,
+    its own library functions (tl.max, tl.sum, ...) are interpreter objects and code generation from them
+    fails; unsetting the variable later does not undo that. The child gets an empty Triton cache, so the
+    kernel is really compiled on every run, never served from an earlier one.
     """
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    result = tmp_path / "asm.json"
+    child = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+             f"from {Path(__file__).stem} import compile_for_hopper; "
+             f"json.dump(compile_for_hopper({dtype!r}, {head_dim}), open({str(result)!r}, 'w'))")
+    run = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    asm = json.loads(result.read_text())
+    assert "wgmma" in asm["ptx"]
+    tile_copies = [line for line in asm["ttgir"].splitlines()
+                   if "async_copy_global_to_local" in line and f"x{dtype[0]}" in line.split("->")[-1]]
+    assert len(tile_copies) >= 2, "key/value tile loads are not pipelined"
+
+
+def compile_for_hopper(dtype: str, head_dim: int) -> dict[str, str]:
+    """PTX and TTGIR of the kernel compiled for sm_90 with the launch table's config (Triton not interpreting).
+
+    Integer arguments and pointers are marked 16-divisible, as Triton specializes them at a real launch.
+    """
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
 
     from vidsparse.kernels import block_sparse_attention as module
-    from vidsparse.kernels.block_sparse_attention import launch_config
 
-    kernel = module._block_sparse_attention_fwd
-    fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)  # the interpreter wraps it
-    block_m, block_n, warps, stages = launch_config(head_dim, 128, 128, interpreter=False)
-    constants = dict(HEAD_DIM=head_dim, BLOCK_D=triton_next_pow2(head_dim), BLOCK_Q=128, BLOCK_K=128,
+    fn = module._block_sparse_attention_fwd
+    block_m, block_n, warps, stages = module.launch_config(head_dim, 128, 128, interpreter=False)
+    constants = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_Q=128, BLOCK_K=128,
                      BLOCK_M=block_m, BLOCK_N=block_n, FP32_DOT=False,
                      stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
     signature, attrs = {}, {}
@@ -188,24 +211,9 @@ def test_compiles_for_hopper_with_tensor_cores_and_pipelined_loads(dtype, head_d
                            "qk_scale": "fp32"}.get(name, "*i32" if name.startswith("KV_") else "i32")
         if name not in ("qk_scale", "q_len", "num_heads"):
             attrs[(i,)] = [["tt.divisibility", 16]]
-    compiled = triton_compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
+    compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=warps, num_stages=stages))
-    assert "wgmma" in compiled.asm["ptx"]
-    tile_copies = [line for line in compiled.asm["ttgir"].splitlines()
-                   if "async_copy_global_to_local" in line and f"x{dtype[0]}" in line.split("->")[-1]]
-    assert len(tile_copies) >= 2, "key/value tile loads are not pipelined"
-
-
-def triton_next_pow2(n: int) -> int:
-    import triton
-
-    return triton.next_power_of_2(n)
-
-
-def triton_compile(*args, **kwargs):
-    import triton
-
-    return triton.compile(*args, **kwargs)
+    return {"ptx": compiled.asm["ptx"], "ttgir": compiled.asm["ttgir"]}
 
 
 @pytest.mark.gpu
