@@ -302,8 +302,7 @@ def inspect_model(pipe_or_transformer: Any, *, family: str | None = None) -> Mod
     if len(heads) != 1:
         raise PatchError(f"self-attention layers have different head counts {sorted(heads)}")
     num_heads = heads.pop()
-    first = modules[0]
-    head_dim = first.to_q.out_features // num_heads
+    head_dim = targets[0].family.head_dim(modules[0])
     return ModelInfo(
         family=targets[0].family.name,
         transformer_classes=tuple(type(t.transformer).__name__ for t in targets),

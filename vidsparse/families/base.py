@@ -89,6 +89,10 @@ class Family(ABC):
     def num_heads(self, module: torch.nn.Module) -> int:
         return int(module.heads)
 
+    def head_dim(self, module: torch.nn.Module) -> int:
+        """Channels per head of a self-attention module (diffusers' `Attention` names its query projection `to_q`)."""
+        return module.to_q.out_features // self.num_heads(module)
+
 
 def bind_forward_inputs(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The arguments of `module.forward(*args, **kwargs)` by parameter name."""
