@@ -217,7 +217,20 @@ class BlockPlan:
         return self.to_block_mask()[:, :, qb][:, :, :, kb]
 
     def density(self, per_head: bool = False) -> float | torch.Tensor:
-        """Fraction of (query, key) token pairs computed, over real tokens only.
+        """Fraction of a dense call's work the kernel computes: computed slot pairs over real token pairs.
+
+        The kernel computes every slot of a kept block pair, padding slots included, so this is
+        kv_counts * block_q * block_k / (q_len * kv_len), the share of dense attention FLOPs the plan costs. A
+        full plan on a layout with padding computes slightly more than 1 (`VideoLayout.padding_ratio`). This is
+        the density reports and the cost model use; `useful_density` counts real token pairs only.
+        Mean over batch entries and heads, or a float64 [B, H] tensor with per_head=True.
+        """
+        slots = self.kv_counts.sum(-1, dtype=torch.float64) * (self.block_q * self.block_k)
+        per = slots / (self.q_len * self.kv_len)
+        return per if per_head else float(per.mean())
+
+    def useful_density(self, per_head: bool = False) -> float | torch.Tensor:
+        """Fraction of (query, key) token pairs kept, over real tokens only (padding slots not counted).
 
         Mean over batch entries and heads, or a float64 [B, H] tensor with per_head=True.
         """
@@ -229,8 +242,8 @@ class BlockPlan:
         return per if per_head else float(per.mean())
 
     def flops(self, head_dim: int) -> float:
-        """Useful attention FLOPs (4 * kept token pairs * head_dim), summed over the plan's batch and heads."""
-        return 4.0 * head_dim * float(self.density(per_head=True).sum()) * self.q_len * self.kv_len
+        """Useful attention FLOPs (4 * kept real token pairs * head_dim), summed over the plan's batch and heads."""
+        return 4.0 * head_dim * float(self.useful_density(per_head=True).sum()) * self.q_len * self.kv_len
 
     # ----- combination ---------------------------------------------------------------------------------
     def __or__(self, other: BlockPlan) -> BlockPlan:
