@@ -26,6 +26,10 @@ _BUILDERS: dict[str, Callable[..., Any]] = {}
 TINY_CALL: dict[str, dict[str, Any]] = {}
 
 
+#: family -> call arguments of each variant, for families whose variants are separate pipeline classes.
+_VARIANT_CALLS: dict[str, Callable[[str | None], dict[str, Any]]] = {}
+
+
 def _builder(family: str, call: dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         _BUILDERS[family] = fn
@@ -33,6 +37,15 @@ def _builder(family: str, call: dict[str, Any]) -> Callable[[Callable[..., Any]]
         return fn
 
     return register
+
+
+def register_builder(
+    family: str, variant_call: Callable[[str | None], dict[str, Any]]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a builder `fn(variant, overrides) -> pipeline` defined in another module (pipelines_<family>.py);
+    `variant_call(variant)` gives the call arguments of each variant (None: the default one)."""
+    _VARIANT_CALLS[family] = variant_call
+    return _builder(family, variant_call(None))
 
 
 def tiny_pipeline(family: str, *, variant: str | None = None, seed: int = 0, **overrides: Any) -> Any:
@@ -153,16 +166,23 @@ WAN_VARIANTS = ("t2v", "a14b", "i2v", "ti2v")
 def tiny_call(family: str, variant: str | None = None) -> dict[str, Any]:
     """Call arguments for the tiny pipeline of (family, variant): TINY_CALL plus the inputs a variant needs
     (the conditioning image of image-to-video variants)."""
+    if family in _VARIANT_CALLS:
+        return _VARIANT_CALLS[family](variant)
     call = dict(TINY_CALL[family])
     if (family, variant) == ("wan", "i2v"):
-        from PIL import Image
-
         # The VAE encodes the conditioning video on every call: a smaller frame keeps that cheap (grid 3 x 8 x 8).
         call.update(height=128, width=128)
-
-        gradient = torch.linspace(0, 255, call["width"]).to(torch.uint8).expand(call["height"], -1)
-        call["image"] = Image.fromarray(torch.stack([gradient, gradient.flip(1), gradient.T], -1).numpy())
+        call["image"] = conditioning_image(call["height"], call["width"])
     return call
+
+
+def conditioning_image(height: int, width: int) -> Any:
+    """A conditioning image (PIL, RGB) with colour gradients along both axes."""
+    from PIL import Image
+
+    ramp_w = torch.linspace(0, 255, width).to(torch.uint8).expand(height, -1)
+    ramp_h = torch.linspace(0, 255, height).to(torch.uint8)[:, None].expand(-1, width)
+    return Image.fromarray(torch.stack([ramp_w, ramp_w.flip(1), ramp_h], -1).numpy())
 
 
 # ----- HunyuanVideo ---------------------------------------------------------------------------------------------
@@ -291,3 +311,7 @@ def _mochi(variant: str | None, overrides: dict[str, Any]) -> Any:
 def _no_variant(family: str, variant: str | None) -> None:
     if variant is not None:
         raise ValueError(f"{family} has no variants, got {variant!r}")
+
+
+# Families whose builders live in their own modules register on import.
+from . import pipelines_kandinsky  # noqa: E402,F401

@@ -1,0 +1,77 @@
+"""Checks every family test file runs on one pipeline call (imported by tests/test_family_<name>.py).
+
+- `run_sparse`: the pipeline patched with `vidsparse.patch` at a sparse strategy, every layer and step sparse; no
+  DenseFallbackWarning may be raised and some calls must run sparse.
+- `check_layers`: the same call with a recording controller; every patched layer's output equals float64 softmax
+  attention masked by the plan (the oracle of tests/test_patch.py), and the layout of every call has the expected
+  grid and text tokens, placed where the family puts them.
+- `check_dense_reproduces`: patched at density 1, the pipeline's output equals the unpatched one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+import vidsparse
+from test_patch import SPARSE, check_against_oracle, sparse_recorder
+from vidsparse.patch import DenseFallbackWarning, inspect_model, install, uninstall
+
+
+def output(pipe: Any, call: dict[str, Any]) -> torch.Tensor:
+    """The pipeline's latent output for `call` (seeded), whatever the output class names it."""
+    result = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(1234), return_dict=False)
+    return result[0]
+
+
+def run_sparse(pipe: Any, call: dict[str, Any]) -> dict[str, Any]:
+    """Controller stats of one sparse call (DenseFallbackWarning is an error)."""
+    controller = vidsparse.patch(pipe, strategy=SPARSE, dense_warmup_steps=0, dense_layers=())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DenseFallbackWarning)
+            out = output(pipe, call)
+    finally:
+        vidsparse.unpatch(pipe)
+    assert torch.isfinite(out).all()
+    assert controller.stats["sparse_calls"] > 0 and controller.stats["dense_calls"] == 0
+    return controller.stats
+
+
+def check_layers(
+    pipe: Any, call: dict[str, Any], *, grid: tuple[int, int, int], text_tokens: set[int] | None = None,
+    text_position: str | None = None,
+) -> list:
+    """Record a sparse call, compare every layer with the oracle and the layouts with what is expected.
+
+    `text_tokens`: the admissible text token counts (None: text is not in the self-attention sequence).
+    """
+    recorder = sparse_recorder()
+    install(pipe, recorder)
+    try:
+        output(pipe, call)
+    finally:
+        uninstall(pipe)
+    check_against_oracle(recorder)
+    calls = [c for c, _ in recorder.calls]
+    assert {c.layout.grid for c in calls} == {grid}
+    assert {c.layer for c in calls} == set(range(inspect_model(pipe).num_layers))
+    if text_tokens is None:
+        assert {c.layout.text_tokens for c in calls} == {0}
+    else:
+        assert {c.layout.text_tokens for c in calls} <= text_tokens
+        assert {c.layout.text_position for c in calls} == {text_position}
+    return calls
+
+
+def check_dense_reproduces(pipe: Any, call: dict[str, Any]) -> None:
+    reference = output(pipe, call)
+    controller = vidsparse.patch(pipe, strategy="dense")
+    try:
+        dense = output(pipe, call)
+    finally:
+        vidsparse.unpatch(pipe)
+    assert controller.stats["dense_calls"] > 0
+    torch.testing.assert_close(dense, reference, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,66 @@
+"""Kandinsky 5 (every pipeline class) and Kandinsky 6 (TI2VA, with and without audio) patched sparse.
+
+Expected grids by hand: video variants 17 frames -> (17 - 1) / 4 + 1 = 5 latent frames, 128 px / VAE 8 / patch 2 = 8;
+the image pipelines resize 256 px to their smallest supported size 1024 px -> 1024 / 8 / 2 = 64, one frame.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from family_checks import check_dense_reproduces, check_layers, run_sparse
+from test_patch import check_against_oracle, sparse_recorder
+from vidsparse.patch import install, uninstall
+from vidsparse.testing import tiny_call, tiny_pipeline
+
+KANDINSKY5 = {"t2v": (5, 8, 8), "i2v": (5, 8, 8), "t2i": (1, 64, 64), "i2i": (1, 64, 64)}
+
+
+@pytest.mark.parametrize("variant", list(KANDINSKY5))
+def test_kandinsky5_pipeline_runs_sparse_and_layers_match_oracle(variant):
+    pipe, call = tiny_pipeline("kandinsky5", variant=variant), tiny_call("kandinsky5", variant)
+    run_sparse(pipe, call)
+    check_layers(pipe, call, grid=KANDINSKY5[variant])
+
+
+def test_kandinsky5_dense_patch_reproduces():
+    check_dense_reproduces(tiny_pipeline("kandinsky5", variant="i2v"), tiny_call("kandinsky5", "i2v"))
+
+
+#: Kandinsky 6 TI2VA: 9 frames -> 3 latent frames; the reference image of "i2v" is appended as a 4th frame.
+KANDINSKY6 = {"t2v": (3, 8, 8), "i2v": (4, 8, 8)}
+
+
+@pytest.mark.parametrize("variant", list(KANDINSKY6))
+def test_kandinsky6_pipeline_runs_sparse_and_layers_match_oracle(variant):
+    pipe, call = tiny_pipeline("kandinsky6", variant=variant), tiny_call("kandinsky6", variant)
+    run_sparse(pipe, call)
+    check_layers(pipe, call, grid=KANDINSKY6[variant])
+
+
+def test_kandinsky6_with_audio_patches_the_video_stream_only():
+    """Video and audio denoised together: the video self-attention is sparse, the audio stream keeps its kernel."""
+    transformer = tiny_pipeline("kandinsky6").transformer
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(
+        hidden_states=torch.randn(1, 3, 16, 16, 9, generator=generator),
+        audio_hidden_states=torch.randn(1, 12, 4, generator=generator),
+        encoder_hidden_states=torch.randn(1, 7, 32, generator=generator),
+        pooled_projections=torch.randn(1, 16, generator=generator), timestep=torch.tensor([500.0]),
+        return_dict=False,
+    )
+    reference = transformer(**inputs)
+    recorder = sparse_recorder()
+    install(transformer, recorder)
+    try:
+        sparse = transformer(**inputs)
+        audio_modules = [block.audio_dec_block.self_attention for block in transformer.visual_transformer_blocks]
+        assert not any(type(m.processor).__name__.startswith("Sparse") for m in audio_modules)
+    finally:
+        uninstall(transformer)
+    check_against_oracle(recorder)
+    assert {call.layout.grid for call, _ in recorder.calls} == {(3, 8, 8)}
+    assert [call.layer for call, _ in recorder.calls] == [0, 1]
+    assert sparse[1].shape == reference[1].shape
+    assert not torch.allclose(sparse[1], reference[1])  # audio reads the (sparse) video through cross-attention
