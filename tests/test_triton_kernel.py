@@ -3,8 +3,11 @@
 On a machine without CUDA, Triton runs in its CPU interpreter (conftest sets TRITON_INTERPRET=1), float16 and
 float32 only; it executes one program at a time in numpy, so shapes are tiny (S <= ~320, blocks of 16/32).
 Random plans come from hypothesis (shapes, densities, text prefix/suffix, padded tiles, shared or per-batch
-plans, skipped heads); tensor values from a torch.Generator seeded by a drawn integer, so a falsifying
-example printed by hypothesis reproduces exactly.
+plans, skipped heads, head_dim 64/96/128, strided [B, S, H, D] inputs and outputs, forced sub-block launch
+configs); tensor values from a torch.Generator seeded by a drawn integer, so a falsifying example printed by
+hypothesis reproduces exactly. The kernel reads and writes the model's order itself (a layout's permutation is
+its token table), so a test also counts the full-size tensor ops around it: there must be none but the
+output's allocation.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +29,9 @@ pytest.importorskip("triton")
 
 from vidsparse import BlockPlan, VideoLayout, block_sparse_attention  # noqa: E402
 from vidsparse.attention import from_working_order, reference_attention, to_working_order  # noqa: E402
-from vidsparse.kernels import block_sparse_attention_fwd  # noqa: E402
+from vidsparse.backends.triton import token_table, triton_attention  # noqa: E402
+from vidsparse.kernels import LaunchConfig, block_sparse_attention_fwd  # noqa: E402
+from vidsparse.kernels.block_sparse_attention import head_dim_blocks  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {torch.float16: 1e-2, torch.float32: 1e-4, torch.bfloat16: 3e-2}
@@ -76,11 +82,30 @@ def random_qkv(batch, heads, q_len, kv_len, head_dim, dtype, gen, transposed: bo
     return make(q_len), make(kv_len), make(kv_len)
 
 
-def padding_slots(plan: BlockPlan, device: torch.device) -> torch.Tensor:
-    """bool [working length]: working positions that hold no real token."""
-    if plan.layout is None:
-        return torch.zeros(plan.kv_len, dtype=torch.bool, device=device)
-    return (plan.layout.permutation < 0).to(device)
+def poisoned_out(like: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A NaN-filled output buffer of `like`'s shape: any element the kernel does not write stays NaN."""
+    b, h, s, d = like.shape
+    if transposed:  # the [B, S, H, D] buffer a diffusers processor wants, viewed as [B, H, S, D]
+        return torch.full((b, s, h, d), float("nan"), dtype=like.dtype, device=like.device).transpose(1, 2)
+    return torch.full_like(like, float("nan"))
+
+
+def run_kernel(q, k, v, plan: BlockPlan, scale: float, out: torch.Tensor, config=None) -> torch.Tensor:
+    """The kernel on model-order tensors: a layout's permutation goes in as the token table."""
+    return block_sparse_attention_fwd(
+        q, k, v, plan.kv_counts, plan.kv_indices, plan.kv_block_lengths(DEVICE),
+        block_q=plan.block_q, block_k=plan.block_k, scale=scale, out=out, config=config,
+        token_table=None if plan.layout is None else token_table(plan.layout, DEVICE),
+    )
+
+
+@st.composite
+def launch_configs(draw, block_q: int, block_k: int) -> LaunchConfig | None:
+    """The launch table's choice (None), or forced sub-blocks: BLOCK_M < block_q and/or BLOCK_N < block_k."""
+    if draw(st.booleans()):
+        return None
+    sizes = lambda block: st.sampled_from([size for size in (16, 32) if size <= block])  # noqa: E731
+    return LaunchConfig(draw(sizes(block_q)), draw(sizes(block_k)), 4, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
@@ -97,42 +122,75 @@ def padding_slots(plan: BlockPlan, device: torch.device) -> torch.Tensor:
     density=st.floats(0.05, 1.0),
     skip_first_head=st.booleans(),  # with one head: every head skipped, all zeros
     transposed=st.booleans(),
+    data=st.data(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_kernel_matches_float64_reference(
-    dtype, geometry, batch, shared_plan, heads, head_dim, density, skip_first_head, transposed, seed
+    dtype, geometry, batch, shared_plan, heads, head_dim, density, skip_first_head, transposed, data, seed
 ):
+    """Model-order q/k/v (any strides) in, model-order output (any strides) out, table-addressed for layouts."""
     gen = torch.Generator().manual_seed(seed)
     skip = [skip_first_head] + [False] * (heads - 1)
     plan = random_plan(geometry, 1 if shared_plan else batch, heads, density, skip, gen).to(DEVICE)
+    config = data.draw(launch_configs(plan.block_q, plan.block_k), label="config")
     q, k, v = random_qkv(batch, heads, plan.q_len, plan.kv_len, head_dim, dtype, gen, transposed)
     scale = head_dim**-0.5
 
-    qw, kw, vw = (to_working_order(x, plan) for x in (q, k, v))
-    # Padding slots of keys and values hold NaN: a kernel that lets a masked key contribute fails.
-    pad = padding_slots(plan, DEVICE)
-    kw, vw = kw.clone(), vw.clone()
-    kw[:, :, pad] = float("nan")
-    vw[:, :, pad] = float("inf")
-    out = torch.full_like(qw, float("nan"))  # poisoned: any element the kernel does not write stays NaN
-    result = block_sparse_attention_fwd(
-        qw, kw, vw, plan.kv_counts, plan.kv_indices, plan.kv_block_lengths(DEVICE),
-        block_q=plan.block_q, block_k=plan.block_k, scale=scale, out=out,
-    )
+    out = poisoned_out(q, transposed)
+    result = run_kernel(q, k, v, plan, scale, out, config)
     assert result is out
     assert torch.isfinite(out).all(), "unwritten or non-finite output elements"
 
-    got = from_working_order(out, plan).double()
     expected = reference_attention(q.double(), k.double(), v.double(), plan, scale)
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
     if skip[0]:
-        assert (got[:, 0] == 0).all()
+        assert (out[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (16, 32)])
+def test_sub_blocks_of_the_gpu_launch_table(block_m, block_n):
+    """BLOCK_M < block_q and BLOCK_N < block_k, as on Hopper, against float64: 32-token tiles (2, 4, 4) on a
+    3 x 5 x 6 grid leave edge tiles with 8-12 real tokens (whole 16-key chunks of padding after them) and full
+    tiles, text as a prefix, head_dim 96 as two column parts, strided [B, S, H, D] inputs and output, a plan
+    shared by the batch with one skipped head."""
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    layout = VideoLayout(3, 5, 6, text_tokens=5, text_position="prefix", tile=(2, 4, 4))
+    lengths = layout.block_lengths
+    assert (lengths == 32).any() and (lengths <= 16).any()  # both the fast path and all-padding chunks
+    plan = random_plan({"layout": layout}, 1, 2, 0.6, [False, True], gen).to(DEVICE)
+    q, k, v = random_qkv(2, 2, layout.seq_len, layout.seq_len, 96, torch.float32, gen, transposed=True)
+    out = run_kernel(q, k, v, plan, 0.1, poisoned_out(q, transposed=True), LaunchConfig(block_m, block_n, 4, 1))
+    expected = reference_attention(q.double(), k.double(), v.double(), plan, 0.1)
+    torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
+    assert (out[:, 1] == 0).all()
+
+
+def test_working_order_inputs_without_a_table():
+    """Standalone use on tensors already in the working order: padding slots (read, never attended to) hold
+    huge finite values that would swamp the output if any of them counted."""
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    layout = VideoLayout(2, 5, 6, text_tokens=9, tile=(1, 4, 4))
+    plan = random_plan({"layout": layout}, 2, 2, 0.5, [False, False], gen).to(DEVICE)
+    q, k, v = random_qkv(2, 2, layout.seq_len, layout.seq_len, 64, torch.float16, gen, transposed=False)
+    qw, kw, vw = (to_working_order(x, plan) for x in (q, k, v))
+    pad = (layout.permutation < 0).to(DEVICE)
+    kw[:, :, pad] = 3e4
+    vw[:, :, pad] = -3e4
+    out = block_sparse_attention_fwd(qw, kw, vw, plan.kv_counts, plan.kv_indices, plan.kv_block_lengths(DEVICE),
+                                     block_q=16, block_k=16, scale=0.125)
+    expected = reference_attention(q.double(), k.double(), v.double(), plan, 0.125)
+    torch.testing.assert_close(from_working_order(out, plan).double(), expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("head_dim,parts", [(64, (64, 0)), (96, (64, 32)), (80, (64, 16)), (112, (128, 0)), (8, (16, 0))])
+def test_head_dim_runs_unpadded_where_two_power_of_two_parts_fit(head_dim, parts):
+    assert head_dim_blocks(head_dim) == parts
 
 
 @pytest.mark.parametrize("text_position", ["prefix", "suffix"])
 def test_backend_round_trip_in_model_order(text_position):
-    """`block_sparse_attention(backend="triton")` permutes to tile order and back; custom scale honoured."""
+    """`block_sparse_attention(backend="triton")` on model-order tensors; custom scale honoured."""
     gen = torch.Generator().manual_seed(torch.initial_seed())
     layout = VideoLayout(2, 5, 6, text_tokens=9, text_position=text_position, tile=(1, 4, 4))
     plan = random_plan({"layout": layout}, 2, 2, 0.4, [False, False], gen)
@@ -140,6 +198,68 @@ def test_backend_round_trip_in_model_order(text_position):
     got = block_sparse_attention(q, k, v, plan, scale=0.3, backend="triton")
     expected = reference_attention(q.double(), k.double(), v.double(), plan, 0.3)
     torch.testing.assert_close(got.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+class FullSizeTensorOps(TorchDispatchMode):
+    """Records every aten op producing a tensor of at least `numel` elements, except inside kernel launches."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.ops, self.launches, self.in_launch = numel, [], 0, False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if not self.in_launch:
+            outputs = result if isinstance(result, (tuple, list)) else (result,)
+            if any(isinstance(t, torch.Tensor) and t.numel() >= self.numel for t in outputs):
+                self.ops.append(str(func.overloadpacket.__name__))
+        return result
+
+    def wrap_kernel(self, kernel):
+        """The kernel's launcher, counting launches; the interpreter's own host copies inside one are not ours."""
+        mode = self
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    mode.launches += 1
+                    mode.in_launch = True
+                    try:
+                        return kernel[grid](*args, **kwargs)
+                    finally:
+                        mode.in_launch = False
+                return launch
+
+        return Launcher()
+
+
+ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+
+@pytest.mark.parametrize("pass_out", [False, True])
+def test_no_full_size_copy_of_q_k_v_or_out_outside_the_kernel(pass_out, monkeypatch):
+    """The triton backend on diffusers-shaped [B, S, H, D] views: no op outside the kernel makes a tensor of q's
+    size except the output allocation (none when the caller passes `out`). The counter is checked on the old
+    path (a permutation to the working order), which it must catch."""
+    from vidsparse.kernels import block_sparse_attention as module
+
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    layout = VideoLayout(2, 5, 6, text_tokens=9, text_position="suffix", tile=(1, 4, 4))
+    plan = random_plan({"layout": layout}, 1, 2, 0.4, [False, False], gen).to(DEVICE)
+    q, k, v = random_qkv(2, 2, layout.seq_len, layout.seq_len, 64, torch.float16, gen, transposed=True)
+    counter = FullSizeTensorOps(q.numel())
+    monkeypatch.setattr(module, "_block_sparse_attention_fwd", counter.wrap_kernel(module._block_sparse_attention_fwd))
+    out = poisoned_out(q, transposed=True) if pass_out else None
+    with counter:
+        result = triton_attention(q, k, v, plan, 0.125, out=out)
+    assert counter.launches == 1
+    assert [op for op in counter.ops if op not in ALLOCATIONS] == []
+    assert len(counter.ops) == (0 if pass_out else 1)
+    expected = reference_attention(q.double(), k.double(), v.double(), plan, 0.125)
+    torch.testing.assert_close(result.double(), expected, atol=1e-2, rtol=1e-2)
+    with counter:
+        to_working_order(q, plan)
+    assert "index_select" in counter.ops
 
 
 def test_rejects_bad_arguments():
@@ -155,6 +275,15 @@ def test_rejects_bad_arguments():
         block_sparse_attention_fwd(q, q, q, counts[:, :, :2], indices, lengths, block_q=16, block_k=16, scale=1.0)
     with pytest.raises(ValueError, match="int32"):
         block_sparse_attention_fwd(q, q, q, counts.long(), indices, lengths, block_q=16, block_k=16, scale=1.0)
+    with pytest.raises(ValueError, match="config.block_m"):
+        block_sparse_attention_fwd(q, q, q, counts, indices, lengths, block_q=16, block_k=16, scale=1.0,
+                                   config=LaunchConfig(32, 16, 4, 1))
+    with pytest.raises(ValueError, match="config.num_warps"):
+        block_sparse_attention_fwd(q, q, q, counts, indices, lengths, block_q=16, block_k=16, scale=1.0,
+                                   config=LaunchConfig(16, 16, 0, 1))
+    with pytest.raises(ValueError, match="token_table"):  # 40 slots are not whole blocks of 16
+        block_sparse_attention_fwd(q, q, q, counts, indices, lengths, block_q=16, block_k=16, scale=1.0,
+                                   token_table=torch.arange(40, dtype=torch.int32))
     if DEVICE.type == "cpu":
         b = q.bfloat16()
         with pytest.raises(ValueError, match="bfloat16"):
@@ -199,8 +328,10 @@ def compile_for_hopper(dtype: str, head_dim: int) -> dict[str, str]:
 
     fn = module._block_sparse_attention_fwd
     block_m, block_n, warps, stages = module.launch_config(head_dim, 128, 128, interpreter=False)
-    constants = dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_Q=128, BLOCK_K=128,
-                     BLOCK_M=block_m, BLOCK_N=block_n, FP32_DOT=False,
+    block_d, block_e = module.head_dim_blocks(head_dim)
+    # PERMUTED: the backend's path for plans with a layout (q/k/v rows addressed through the token table).
+    constants = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_E=block_e, BLOCK_Q=128, BLOCK_K=128,
+                     BLOCK_M=block_m, BLOCK_N=block_n, PERMUTED=True, FP32_DOT=False,
                      stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
@@ -208,8 +339,8 @@ def compile_for_hopper(dtype: str, head_dim: int) -> dict[str, str]:
             signature[name] = "constexpr"
             continue
         signature[name] = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "Out": f"*{dtype}",
-                           "qk_scale": "fp32"}.get(name, "*i32" if name.startswith("KV_") else "i32")
-        if name not in ("qk_scale", "q_len", "num_heads"):
+                           "qk_scale": "fp32", "TOKENS": "*i32"}.get(name, "*i32" if name.startswith("KV_") else "i32")
+        if name not in ("qk_scale", "q_len", "kv_len", "num_heads"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=warps, num_stages=stages))
