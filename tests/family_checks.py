@@ -20,10 +20,14 @@ from test_patch import SPARSE, check_against_oracle, sparse_recorder
 from vidsparse.patch import DenseFallbackWarning, inspect_model, install, uninstall
 
 
+PROMPT = "a red fox running in the snow"
+
+
 def output(pipe: Any, call: dict[str, Any]) -> torch.Tensor:
-    """The pipeline's latent output for `call` (seeded), whatever the output class names it."""
-    result = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(1234), return_dict=False)
-    return result[0]
+    """The pipeline's latent output for `call` (seeded; PROMPT unless the call brings prompt embeddings)."""
+    prompt = {} if any(name.startswith("prompt_embeds") for name in call) else {"prompt": PROMPT}
+    generator = torch.Generator().manual_seed(1234)
+    return pipe(**prompt, **call, output_type="latent", generator=generator, return_dict=False)[0]
 
 
 def run_sparse(pipe: Any, call: dict[str, Any]) -> dict[str, Any]:

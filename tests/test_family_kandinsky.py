@@ -1,6 +1,6 @@
 """Kandinsky 5 (every pipeline class) and Kandinsky 6 (TI2VA, with and without audio) patched sparse.
 
-Expected grids by hand: video variants 17 frames -> (17 - 1) / 4 + 1 = 5 latent frames, 128 px / VAE 8 / patch 2 = 8;
+Expected grids by hand: video variants 17 frames -> (17 - 1) / 4 + 1 = 5 latent frames, 256 px / VAE 8 / patch 2 = 16;
 the image pipelines resize 256 px to their smallest supported size 1024 px -> 1024 / 8 / 2 = 64, one frame.
 """
 
@@ -14,7 +14,7 @@ from test_patch import check_against_oracle, sparse_recorder
 from vidsparse.patch import install, uninstall
 from vidsparse.testing import tiny_call, tiny_pipeline
 
-KANDINSKY5 = {"t2v": (5, 8, 8), "i2v": (5, 8, 8), "t2i": (1, 64, 64), "i2i": (1, 64, 64)}
+KANDINSKY5 = {"t2v": (5, 16, 16), "i2v": (5, 16, 16), "t2i": (1, 64, 64), "i2i": (1, 64, 64)}
 
 
 @pytest.mark.parametrize("variant", list(KANDINSKY5))
@@ -29,7 +29,7 @@ def test_kandinsky5_dense_patch_reproduces():
 
 
 #: Kandinsky 6 TI2VA: 9 frames -> 3 latent frames; the reference image of "i2v" is appended as a 4th frame.
-KANDINSKY6 = {"t2v": (3, 8, 8), "i2v": (4, 8, 8)}
+KANDINSKY6 = {"t2v": (3, 16, 16), "i2v": (4, 16, 16)}
 
 
 @pytest.mark.parametrize("variant", list(KANDINSKY6))
@@ -44,7 +44,7 @@ def test_kandinsky6_with_audio_patches_the_video_stream_only():
     transformer = tiny_pipeline("kandinsky6").transformer
     generator = torch.Generator().manual_seed(0)
     inputs = dict(
-        hidden_states=torch.randn(1, 3, 16, 16, 9, generator=generator),
+        hidden_states=torch.randn(1, 3, 32, 32, 9, generator=generator),
         audio_hidden_states=torch.randn(1, 12, 4, generator=generator),
         encoder_hidden_states=torch.randn(1, 7, 32, generator=generator),
         pooled_projections=torch.randn(1, 16, generator=generator), timestep=torch.tensor([500.0]),
@@ -60,7 +60,7 @@ def test_kandinsky6_with_audio_patches_the_video_stream_only():
     finally:
         uninstall(transformer)
     check_against_oracle(recorder)
-    assert {call.layout.grid for call, _ in recorder.calls} == {(3, 8, 8)}
+    assert {call.layout.grid for call, _ in recorder.calls} == {(3, 16, 16)}
     assert [call.layer for call, _ in recorder.calls] == [0, 1]
     assert sparse[1].shape == reference[1].shape
     assert not torch.allclose(sparse[1], reference[1])  # audio reads the (sparse) video through cross-attention

@@ -59,14 +59,14 @@ def kandinsky_text_inputs(batch: int = 1) -> dict[str, torch.Tensor]:
 
 
 def kandinsky5_call(variant: str | None) -> dict[str, Any]:
-    """Call arguments: a 5 x 8 x 8 token grid for video variants, the text inputs.
+    """Call arguments: a 5 x 16 x 16 token grid for video variants, the text inputs.
 
     Image-to-video renormalizes the first 4 latent frames against the next ones, so videos need 5 latent frames.
     The image variants resize any size to a supported one (1024 x 1024 at least: a 1 x 64 x 64 grid)."""
     variant = variant or "t2v"
     call = dict(num_inference_steps=2, guidance_scale=1.0, **kandinsky_text_inputs())
     if variant.endswith("v"):
-        call.update(num_frames=17, height=128, width=128)
+        call.update(num_frames=17, height=256, width=256)
     else:
         call.update(height=256, width=256)
     if variant.startswith("i"):
@@ -103,7 +103,7 @@ def kandinsky6_call(variant: str | None) -> dict[str, Any]:
     """Video only (no audio VAE in the tiny pipeline): "t2v" or "i2v" (reference image appended as a frame)."""
     variant = variant or "t2v"
     text = kandinsky_text_inputs()
-    call = dict(num_frames=9, height=128, width=128, num_inference_steps=2, guidance_scale=1.0, sample_audio=False,
+    call = dict(num_frames=9, height=256, width=256, num_inference_steps=2, guidance_scale=1.0, sample_audio=False,
                 prompt_embeds=text["prompt_embeds_qwen"], pooled_prompt_embeds=text["prompt_embeds_clip"])
     if variant == "i2v":
         call["image"] = conditioning_image(call["height"], call["width"])
