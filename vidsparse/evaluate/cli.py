@@ -1,13 +1,17 @@
 """`vidsparse eval` and `vidsparse demo`.
 
-    vidsparse eval --model tiny-wan --profile profiles/tiny-wan.json --prompts prompts.txt --seeds 0 1
-        --height 64 --width 64 --frames 17 --steps 10 --out out/eval
+    vidsparse eval --model tiny-wan --profile profiles/tiny-wan.json --prompts prompts.txt --seeds 0 1 --out out/eval
+    vidsparse eval --model tiny-wan --strategy dense --prompt "a red circle moving right" --steps 10
     vidsparse eval --model tiny-wan --budgets 0.02 0.05 0.1 --prompts prompts.txt ...   (speed-quality curve)
     vidsparse demo                                                                       (no arguments, offline)
 
 Sparse configurations, any combination, at least one: `--profile FILE` (a saved profile), `--strategy SPEC` (one
 strategy for every head: `NAME` or `NAME:{json params}`), `--budgets B ...` (profile this model at each error
 budget with `vidsparse.profiler.profile_pipeline`, then evaluate each profile: the speed-quality curve).
+
+--height, --width, --frames and --steps default to what the model generates by itself (the tiny models' native
+call, a hub pipeline's own `__call__` defaults: see `vidsparse.call_defaults`); so do the tiny models' text
+arguments (--max-sequence-length, --guidance-scale).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..call_defaults import GEOMETRY_FLAGS, fill_geometry, native_call
 from ..patch import patch
 from .models import load_pipeline
 from .report import summary_table, write_report
@@ -51,10 +56,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; added to --prompts)")
     parser.add_argument("--calibration-prompts", help="prompts file for --budgets profiling (default: the prompts)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--height", type=int, required=True)
-    parser.add_argument("--width", type=int, required=True)
-    parser.add_argument("--frames", type=int, required=True)
-    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--height", type=int, default=None, help="video height in pixels (default: the model's)")
+    parser.add_argument("--width", type=int, default=None, help="video width in pixels (default: the model's)")
+    parser.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, help="pipeline guidance_scale (default: the pipeline's)")
     parser.add_argument("--max-sequence-length", type=int, help="pipeline max_sequence_length (text tokens)")
     parser.add_argument("--dense-warmup-steps", type=float, help="override the dense warm-up (count if >= 1)")
@@ -168,24 +173,28 @@ def budget_variants(args: argparse.Namespace, pipe: Any, settings: EvalSettings,
     return variants
 
 
-def settings_from_args(args: argparse.Namespace) -> EvalSettings:
-    call_kwargs: dict[str, Any] = {}
+def settings_from_args(args: argparse.Namespace, prompts: list[str], native: dict[str, Any]) -> EvalSettings:
+    """What to generate: flags given win; the rest is the model's `native` call (`call_defaults.native_call`)."""
+    geometry, used = fill_geometry(dict(height=args.height, width=args.width, num_frames=args.frames,
+                                        num_inference_steps=args.steps), native, args.model)
+    print(f"vidsparse eval: {used}")
+    call_kwargs = {k: v for k, v in native.items() if k not in GEOMETRY_FLAGS}
     if args.guidance_scale is not None:
         call_kwargs["guidance_scale"] = args.guidance_scale
     if args.max_sequence_length is not None:
         call_kwargs["max_sequence_length"] = args.max_sequence_length
     return EvalSettings(
-        prompts=read_prompts(args.prompts, args.prompt), seeds=list(args.seeds), height=args.height,
-        width=args.width, num_frames=args.frames, num_inference_steps=args.steps, call_kwargs=call_kwargs,
-        repeats=args.repeats, warmup=args.warmup, fps=args.fps, save_videos=not args.no_videos, clock=args.clock,
+        prompts=prompts, seeds=list(args.seeds), **geometry, call_kwargs=call_kwargs, repeats=args.repeats,
+        warmup=args.warmup, fps=args.fps, save_videos=not args.no_videos, clock=args.clock,
     )
 
 
 def evaluate_from_args(args: argparse.Namespace, pipe: Any | None = None, command: str | None = None) -> dict[str, Any]:
     """Run `vidsparse eval` for parsed arguments; returns the report (also written to args.out)."""
-    settings = settings_from_args(args)
+    prompts = read_prompts(args.prompts, args.prompt)  # before loading the model: a missing file costs nothing
     if pipe is None:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    settings = settings_from_args(args, prompts, native_call(args.model, pipe))
     variants = build_variants(args, pipe, settings)
     result = run_evaluation(pipe, variants, settings, args.out, progress=not args.no_progress)
     report = result.to_json()

@@ -1,7 +1,7 @@
 """`vidsparse profile` and `vidsparse inspect`.
 
-    vidsparse profile --model tiny-wan --prompts prompts.txt --height 256 --width 256 --frames 9 --steps 10 \\
-        --budget error=0.05 --out profiles/tiny-wan.json
+    vidsparse profile --model tiny-wan --prompts prompts.txt --budget error=0.05 --out profiles/tiny-wan.json
+    vidsparse profile --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --prompts prompts.txt --frames 33 --out wan.json
     vidsparse inspect profiles/tiny-wan.json --plot tiny-wan.png
 
 `--model` takes a hub id or a local diffusers folder (`DiffusionPipeline.from_pretrained`), `tiny-wan` (the
@@ -11,6 +11,9 @@ message when its weights are missing), or `tiny-<family>` / `tiny-<family>-rando
 
 On several processes (`accelerate launch --num_processes 2 -m vidsparse profile ...`), each rank calibrates on its
 share of the prompts, the score statistics are merged, and rank 0 writes the profile.
+
+--height, --width, --frames and --steps default to what the model generates by itself
+(`vidsparse.call_defaults`: the tiny models' native call, a hub pipeline's own `__call__` defaults).
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ def register(subparsers: Any) -> None:
                                           "strategy per head, and write a profile JSON.")
     p.add_argument("--model", required=True, help="hub id, local pipeline folder, tiny-wan or tiny-<family>")
     p.add_argument("--prompts", required=True, type=Path, help="text file, one calibration prompt per line")
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--width", type=int, required=True)
-    p.add_argument("--frames", type=int, required=True)
-    p.add_argument("--steps", type=int, required=True, help="denoising steps of the calibration runs")
+    p.add_argument("--height", type=int, default=None, help="video height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="video width in pixels (default: the model's)")
+    p.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps of the calibration runs (default: the model's)")
     objective = p.add_mutually_exclusive_group()
     objective.add_argument("--budget", type=_budget, default=None,
                            help="per-head error budget, e.g. error=0.05 (default 0.05)")
@@ -105,34 +109,31 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, dict[str, Any], str]:
-    """The pipeline for a --model argument, the extra call arguments it needs, and the name to record."""
-    from ..testing import TINY_CALL, tiny_pipeline
+def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, str]:
+    """The pipeline for a --model argument and the name to record."""
+    from ..testing import tiny_pipeline
 
-    extra = lambda family: {k: v for k, v in TINY_CALL[family].items()  # noqa: E731
-                            if k not in ("num_frames", "height", "width", "num_inference_steps")}
     if model == "tiny-wan":
         try:
-            from ..tiny_model import TINY_WAN_CALL, load_tiny_wan
+            from ..tiny_model import load_tiny_wan
 
-            call = {k: v for k, v in TINY_WAN_CALL.items()
-                    if k not in ("num_frames", "height", "width", "num_inference_steps")}
-            return load_tiny_wan(device=device), call, model
+            return load_tiny_wan(device=device), model
         except (ImportError, FileNotFoundError, OSError, ValueError) as error:
             print(f"vidsparse profile: the trained tiny Wan model is not available ({error}); using the random "
                   f"tiny Wan pipeline (vidsparse.testing.tiny_pipeline('wan')) instead", file=sys.stderr)
-            return tiny_pipeline("wan").to(device), extra("wan"), "tiny-wan-random"
+            return tiny_pipeline("wan").to(device), "tiny-wan-random"
     if model.startswith("tiny-"):
         family = model[len("tiny-"):].removesuffix("-random")
-        return tiny_pipeline(family).to(device), extra(family), f"tiny-{family}-random"
+        return tiny_pipeline(family).to(device), f"tiny-{family}-random"
     from diffusers import DiffusionPipeline
 
     chosen = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=getattr(torch, chosen))
-    return pipe.to(device), {}, model
+    return pipe.to(device), model
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    from ..call_defaults import GEOMETRY_FLAGS, fill_geometry, native_call
     from .calibrate import profile_pipeline
     from .report import summary_text
 
@@ -143,12 +144,18 @@ def run_profile(args: argparse.Namespace) -> int:
 
         state = PartialState(cpu=device == "cpu")  # initializes the process group
         device = args.device or str(state.device)
-    pipe, call_kwargs, name = load_pipeline(args.model, device, args.dtype)
+    pipe, name = load_pipeline(args.model, device, args.dtype)
+    native = native_call(name, pipe)
+    geometry, used = fill_geometry(dict(height=args.height, width=args.width, num_frames=args.frames,
+                                        num_inference_steps=args.steps), native, name)
+    call_kwargs = {k: v for k, v in native.items() if k not in GEOMETRY_FLAGS}
+    if _rank() == 0:
+        print(f"vidsparse profile: {used}")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar: the profiler's
     profile = profile_pipeline(
-        pipe, prompts, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
-        budget=args.budget, target_speedup=args.target_speedup, seed=args.seed, progress=not args.no_progress,
+        pipe, prompts, height=geometry["height"], width=geometry["width"], frames=geometry["num_frames"],
+        steps=geometry["num_inference_steps"], budget=args.budget, target_speedup=args.target_speedup, seed=args.seed, progress=not args.no_progress,
         warmup=args.warmup, dense_layers=args.dense_layers, sample_steps=args.sample_steps, buckets=args.buckets,
         rows=args.rows, families=args.families, backend=args.backend, cost_model=args.cost, name=name,
         save_qkv=(args.save_qkv, args.save_qkv_layers) if args.save_qkv else None, call_kwargs=call_kwargs,
@@ -160,8 +167,9 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.check:
         from .validate import measure_achieved_error
 
-        check_args = dict(height=args.height, width=args.width, frames=args.frames, steps=args.steps, seed=args.seed,
-                              backend=args.backend, call_kwargs=call_kwargs)
+        check_args = dict(height=geometry["height"], width=geometry["width"], frames=geometry["num_frames"],
+                          steps=geometry["num_inference_steps"], seed=args.seed, backend=args.backend,
+                          call_kwargs=call_kwargs)
         result = measure_achieved_error(pipe, profile, prompts[:1], **check_args)
         cost = profile.timings["total_s"] / (len(prompts) * result["dense_s"])
         print(f"check: dense generation {result['dense_s']:.2f} s; profiling cost {cost:.2f} dense generations per "
