@@ -21,10 +21,10 @@ contiguous vector per key chunk, which the compiler pipelines with the k/v loads
 ragged blocks) the working order is the model's order.
 
 Padding: a padding slot's address is clamped to a real token so every load is unmasked. Key block j holds
-`kv_block_lengths[j]` real tokens, first in the block; only blocks with padding (length < block_k: edge tiles,
-the last text block, a ragged last block) mask the scores of the rest to -inf. Full blocks, the vast
-majority, take the fast path: no mask, decided by one scalar length load and compare per key chunk (the
-loads stay outside that branch, so they pipeline). Query rows of padding slots are computed on a real
+`kv_block_lengths[j]` real tokens, first in the block; only key chunks that reach past that length (in edge
+tiles, the last text block, a ragged last block) mask the scores of their padding slots to -inf. Chunks of
+full blocks, the vast majority, take the fast path: no mask, decided by one scalar length load and compare
+per key chunk (the loads stay outside that branch, so they pipeline). Query rows of padding slots are computed on a real
 token's row and not stored.
 
 head_dim: tl.arange needs powers of two, so a head_dim that is not one is split into two power-of-two parts
@@ -124,7 +124,8 @@ def _block_sparse_attention_fwd(
     # key blocks, which a nested per-block loop would not allow.
     for it in range(count * CHUNKS):
         kv_block = tl.load(index_row + (it // CHUNKS) * stride_ik)
-        offs_in_block = (it % CHUNKS) * BLOCK_N + tl.arange(0, BLOCK_N)
+        chunk_start = (it % CHUNKS) * BLOCK_N
+        offs_in_block = chunk_start + tl.arange(0, BLOCK_N)
         keys, _ = _slot_rows(TOKENS, kv_block * BLOCK_K + offs_in_block, kv_len, PERMUTED)
         key_offsets = keys.to(tl.int64)
         k = _load_cols(k_base + key_offsets[None, :] * stride_ks + cols_d[:, None] * stride_kd,
@@ -136,7 +137,7 @@ def _block_sparse_attention_fwd(
             s += _dot(q_e, k_e, FP32_DOT)
         s = s * qk_scale
         length = tl.load(KV_LENGTHS + kv_block)
-        if length < BLOCK_K:  # a block with padding slots (they come last in it): mask them
+        if length < chunk_start + BLOCK_N:  # a chunk with padding slots (they come last in the block): mask them
             s = tl.where(offs_in_block[None, :] < length, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A chunk of padding seen before any real key leaves m_new = -inf; subtract 0 then, not -inf (NaN).
@@ -252,8 +253,8 @@ def block_sparse_attention_fwd(
             (bfloat16 only on a GPU: Triton's interpreter computes it wrongly). In the model's order.
         kv_counts: int32 [B or 1, H, Mq]; kv_indices: int32 [B or 1, H, Mq, Kmax], blocks of the working order.
             A leading 1 is broadcast over the batch with stride 0.
-        kv_block_lengths: int32 [Mk]: real keys in each key block, first in the block; a block shorter than
-            block_k takes the masked path.
+        kv_block_lengths: int32 [Mk]: real keys in each key block, first in the block; only the key chunks
+            that reach past it take the masked path.
         block_q, block_k: the plan's block sizes, powers of two in [16, 256].
         scale: softmax scale.
         token_table: int32 [W], the model-order token of each working slot, -1 for padding slots (a

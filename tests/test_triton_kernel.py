@@ -150,14 +150,13 @@ def test_kernel_matches_float64_reference(
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (16, 32)])
 def test_sub_blocks_of_the_gpu_launch_table(block_m, block_n):
-    """BLOCK_M < block_q and BLOCK_N < block_k, as on Hopper, against float64: 32-token tiles (2, 4, 4) on a
-    3 x 5 x 6 grid leave edge tiles with 8-12 real tokens (whole 16-key chunks of padding after them) and full
-    tiles, text as a prefix, head_dim 96 as two column parts, strided [B, S, H, D] inputs and output, a plan
-    shared by the batch with one skipped head."""
+    """BLOCK_M < block_q and BLOCK_N < block_k, as on Hopper, against float64: 32-token blocks, full ones (fast
+    path), one of 24 real tokens (a full 16-key chunk, then a masked one) and the text block of 12 (a masked
+    chunk, then one of padding only); text as a prefix, head_dim 96 as two column parts, strided [B, S, H, D]
+    inputs and output, a plan shared by the batch with one skipped head."""
     gen = torch.Generator().manual_seed(torch.initial_seed())
-    layout = VideoLayout(3, 5, 6, text_tokens=5, text_position="prefix", tile=(2, 4, 4))
-    lengths = layout.block_lengths
-    assert (lengths == 32).any() and (lengths <= 16).any()  # both the fast path and all-padding chunks
+    layout = VideoLayout(2, 4, 11, text_tokens=12, text_position="prefix", tile=(2, 4, 4))
+    assert sorted(layout.block_lengths.tolist()) == [12, 24, 32, 32]
     plan = random_plan({"layout": layout}, 1, 2, 0.6, [False, True], gen).to(DEVICE)
     q, k, v = random_qkv(2, 2, layout.seq_len, layout.seq_len, 96, torch.float32, gen, transposed=True)
     out = run_kernel(q, k, v, plan, 0.1, poisoned_out(q, transposed=True), LaunchConfig(block_m, block_n, 4, 1))
