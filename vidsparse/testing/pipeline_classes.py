@@ -1,0 +1,203 @@
+"""A tiny runnable pipeline for every diffusers pipeline class of the Wan (with SkyReels V2), LTX-Video and CogVideoX
+families, beyond the text-to-video ones of `pipelines.py`: image-, video- and control-conditioned variants.
+
+    pipe, call = tiny_pipeline_of("WanVACEPipeline")
+    pipe(**call, output_type="latent")
+
+Components come from the family's tiny text-to-video pipeline (`tiny_pipeline`), with a transformer of the same
+tiny size where a variant needs other input channels or another transformer class. Wan-family calls pass random
+prompt embeddings: diffusers 0.42's Wan and SkyReels pipelines clean prompts with ftfy unconditionally, and ftfy
+is not a dependency. Wan and LTX variants use small frames (128 and 256 px, grid 3 x 8 x 8 or more): their VAE
+encodes the condition on every call, and the grid still spans several 128-token tiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .pipelines import _WAN_TRANSFORMER, tiny_pipeline
+
+_BUILDERS: dict[str, Callable[[], tuple[Any, dict[str, Any]]]] = {}
+
+
+def _builder(*class_names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in class_names:
+            _BUILDERS[name] = lambda name=name: fn(name)
+        return fn
+
+    return register
+
+
+def pipeline_classes() -> list[str]:
+    """Names of the diffusers pipeline classes `tiny_pipeline_of` builds."""
+    return sorted(_BUILDERS)
+
+
+def tiny_pipeline_of(class_name: str, *, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """(pipeline, call arguments) for a tiny instance of the diffusers pipeline class `class_name` (CPU, float32).
+
+    The call arguments hold the conditioning inputs, sizes and 2 denoising steps; add `output_type="latent"` to
+    skip decoding. The global RNG state is left as it was.
+    """
+    if class_name not in _BUILDERS:
+        raise ValueError(f"class_name {class_name!r} has no tiny pipeline; available: {', '.join(pipeline_classes())}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe, call = _BUILDERS[class_name]()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, call
+
+
+def _frames(count: int, size: int = 128, mode: str = "RGB") -> list[Any]:
+    """`count` distinct PIL frames of `size` x `size` pixels (a moving gradient)."""
+    from PIL import Image
+
+    ramp = torch.linspace(0, 255, size)
+    frames = []
+    for index in range(count):
+        value = ((ramp[None, :] + ramp[:, None] + 16 * index) % 256).to(torch.uint8)
+        rgb = torch.stack([value, value.flip(1), value.T], -1).numpy()
+        frames.append(Image.fromarray(rgb if mode == "RGB" else rgb[..., 0], mode=mode))
+    return frames
+
+
+def _diffusers(name: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+# ----- Wan and SkyReels V2 -------------------------------------------------------------------------------------
+def _wan_embeds(text_dim: int) -> dict[str, torch.Tensor]:
+    return {"prompt": None, "prompt_embeds": torch.randn(1, 16, text_dim),
+            "negative_prompt_embeds": torch.randn(1, 16, text_dim)}
+
+
+def _clip_image_encoder(hidden: int = 16) -> dict[str, Any]:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=hidden, projection_dim=hidden, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, intermediate_size=32, patch_size=8)
+    return {"image_encoder": CLIPVisionModelWithProjection(config).eval(),
+            "image_processor": CLIPImageProcessor(crop_size=32, size=32)}
+
+
+@_builder(
+    "WanVideoToVideoPipeline", "SkyReelsV2Pipeline", "SkyReelsV2DiffusionForcingPipeline",
+    "SkyReelsV2DiffusionForcingImageToVideoPipeline", "SkyReelsV2DiffusionForcingVideoToVideoPipeline",
+)
+def _wan_like(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """Pipelines taking WanPipeline's components (SkyReels V2 with its own transformer class of the same shape)."""
+    base = tiny_pipeline("wan").components
+    components = {name: base[name] for name in ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")}
+    call: dict[str, Any] = dict(height=128, width=128, num_frames=9, num_inference_steps=2, guidance_scale=3.0,
+                                **_wan_embeds(_WAN_TRANSFORMER["text_dim"]))
+    if class_name.startswith("SkyReels"):
+        components["transformer"] = _diffusers("SkyReelsV2Transformer3DModel")(**_WAN_TRANSFORMER).eval()
+        if "DiffusionForcing" in class_name:
+            call.update(base_num_frames=9)
+    if class_name.endswith("VideoToVideoPipeline"):
+        call.pop("num_frames")
+        call["video"] = _frames(9)
+    if class_name == "SkyReelsV2DiffusionForcingVideoToVideoPipeline":
+        call["num_frames"] = 9  # frames generated after the conditioning video
+        call["overlap_history"] = 5
+    if class_name == "SkyReelsV2DiffusionForcingImageToVideoPipeline":
+        call["image"] = _frames(1)[0]
+    return _diffusers(class_name)(**components), call
+
+
+@_builder("SkyReelsV2ImageToVideoPipeline")
+def _skyreels_i2v(class_name: str) -> tuple[Any, dict[str, Any]]:
+    base = tiny_pipeline("wan").components
+    image = _clip_image_encoder()
+    # noise latents + condition latents + the 4-channel first-frame mask; CLIP image tokens in cross-attention
+    config = dict(_WAN_TRANSFORMER, in_channels=2 * _WAN_TRANSFORMER["in_channels"] + 4, image_dim=16,
+                  added_kv_proj_dim=_WAN_TRANSFORMER["num_attention_heads"] * _WAN_TRANSFORMER["attention_head_dim"])
+    pipe = _diffusers(class_name)(
+        transformer=_diffusers("SkyReelsV2Transformer3DModel")(**config).eval(), **image,
+        **{name: base[name] for name in ("tokenizer", "text_encoder", "vae", "scheduler")},
+    )
+    call = dict(height=128, width=128, num_frames=9, num_inference_steps=2, guidance_scale=3.0, image=_frames(1)[0],
+                **_wan_embeds(_WAN_TRANSFORMER["text_dim"]))
+    return pipe, call
+
+
+@_builder("WanVACEPipeline")
+def _wan_vace(class_name: str) -> tuple[Any, dict[str, Any]]:
+    base = tiny_pipeline("wan").components
+    z = base["vae"].config.z_dim
+    # Control input: inactive and reactive video latents (2 z) and the 8 x 8-pixel mask folded into 64 channels.
+    transformer = _diffusers("WanVACETransformer3DModel")(**_WAN_TRANSFORMER, vace_layers=[0, 1], vace_in_channels=2 * z + 64)
+    pipe = _diffusers(class_name)(transformer=transformer.eval(), **{
+        name: base[name] for name in ("tokenizer", "text_encoder", "vae", "scheduler")})
+    call = dict(height=128, width=128, num_frames=9, num_inference_steps=2, guidance_scale=3.0, video=_frames(9),
+                mask=_frames(9, mode="L"), reference_images=_frames(1), **_wan_embeds(_WAN_TRANSFORMER["text_dim"]))
+    return pipe, call
+
+
+@_builder("WanAnimatePipeline")
+def _wan_animate(class_name: str) -> tuple[Any, dict[str, Any]]:
+    base = tiny_pipeline("wan").components
+    latent = _WAN_TRANSFORMER["in_channels"]
+    config = {key: value for key, value in _WAN_TRANSFORMER.items() if key != "in_channels"}
+    transformer = _diffusers("WanAnimateTransformer3DModel")(
+        **config, in_channels=2 * latent + 4, latent_channels=latent, image_dim=16,
+        motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16, motion_style_dim=8,
+        motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16, face_encoder_num_heads=2,
+        inject_face_latents_blocks=1,
+    )
+    pipe = _diffusers(class_name)(transformer=transformer.eval(), **_clip_image_encoder(), **{
+        name: base[name] for name in ("tokenizer", "text_encoder", "vae", "scheduler")})
+    call = dict(height=128, width=128, segment_frame_length=9, num_inference_steps=2, guidance_scale=1.0,
+                image=_frames(1)[0], pose_video=_frames(9), face_video=_frames(9, size=16),
+                prev_segment_conditioning_frames=1, **_wan_embeds(_WAN_TRANSFORMER["text_dim"]))
+    return pipe, call
+
+
+# ----- LTX-Video ------------------------------------------------------------------------------------------------
+@_builder("LTXImageToVideoPipeline", "LTXConditionPipeline", "LTXI2VLongMultiPromptPipeline")
+def _ltx(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """LTXPipeline's components (32x spatial VAE: 256 px -> 8 x 8 tokens; 17 frames -> 3 latent frames)."""
+    components = dict(tiny_pipeline("ltx").components)
+    call: dict[str, Any] = dict(prompt="a red fox", height=256, width=256, num_frames=17, num_inference_steps=2,
+                                max_sequence_length=32)
+    if class_name == "LTXImageToVideoPipeline":
+        call.update(image=_frames(1, 256)[0], guidance_scale=3.0)
+    elif class_name == "LTXConditionPipeline":
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition as condition
+
+        # An image at frame 0 (blended into the first latent frame) and a 9-frame video at frame 8: its 2 latent
+        # frames become extra conditioning tokens prepended to the sequence.
+        call.update(guidance_scale=3.0, conditions=[condition(image=_frames(1, 256)[0], frame_index=0),
+                                                    condition(video=_frames(9, 256), frame_index=8)])
+    else:
+        # The long-video pipeline's sampler; tiles of 16 frames overlapping by 8 give two temporal windows.
+        components["scheduler"] = _diffusers("LTXEulerAncestralRFScheduler")()
+        call.update(num_frames=25, temporal_tile_size=16, temporal_overlap=8, cond_image=_frames(1, 256)[0])
+    return _diffusers(class_name)(**components), call
+
+
+# ----- CogVideoX ------------------------------------------------------------------------------------------------
+@_builder("CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline", "CogVideoXFunControlPipeline")
+def _cogvideox(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """CogVideoXPipeline's components; image and control variants concatenate condition latents to the input."""
+    base = tiny_pipeline("cogvideox")
+    components = dict(base.components)
+    # 256 px (grid 3 x 16 x 16): at 128 px the 32 text tokens and the partly filled tiles leave no sparsity.
+    call: dict[str, Any] = dict(prompt="a red fox", height=256, width=256, num_inference_steps=2, guidance_scale=3.0,
+                                max_sequence_length=32)
+    if class_name != "CogVideoXVideoToVideoPipeline":
+        config = dict(base.transformer.config)
+        config.update(in_channels=2 * config["in_channels"])
+        components["transformer"] = _diffusers("CogVideoXTransformer3DModel").from_config(config).eval()
+    if class_name == "CogVideoXImageToVideoPipeline":
+        call.update(image=_frames(1, 256)[0], num_frames=9)
+    elif class_name == "CogVideoXVideoToVideoPipeline":
+        call.update(video=_frames(9, 256), strength=0.9)
+    else:
+        call.update(control_video=_frames(9, 256))
+    return _diffusers(class_name)(**components), call
