@@ -350,7 +350,8 @@ def compile_for_hopper(dtype: str, head_dim: int) -> dict[str, str]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("head_dim", [64, 96, 128])
 def test_bf16_on_cuda(head_dim):
-    """Default 128-token tiles, text suffix, per-batch plan with a skipped head, bf16 (fp32 accumulation)."""
+    """Default 128-token tiles, text suffix, per-batch plan with a skipped head, bf16 (fp32 accumulation), the
+    launch table's configs; through the public function and into a [B, S, H, D] buffer passed as `out`."""
     gen = torch.Generator().manual_seed(torch.initial_seed())
     layout = VideoLayout(5, 12, 20, text_tokens=77, text_position="suffix")
     skip = [False, False, True, False]
@@ -361,3 +362,6 @@ def test_bf16_on_cuda(head_dim):
     expected = reference_attention(q.double(), k.double(), v.double(), plan, head_dim**-0.5)
     torch.testing.assert_close(got.double(), expected, atol=3e-2, rtol=3e-2)
     assert (got[:, 2] == 0).all()
+    out = poisoned_out(q, transposed=True)
+    assert triton_attention(q, k, v, plan, head_dim**-0.5, out=out) is out
+    torch.testing.assert_close(out, got, atol=0, rtol=0)
