@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -164,7 +164,10 @@ class Profile:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
         """Read and validate a profile file; ProfileError names the first bad field."""
-        text = Path(path).read_text(encoding="utf-8")
+        try:
+            text = _file_path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ProfileError(f"{path}: not a profile (not UTF-8 text)") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
@@ -172,11 +175,16 @@ class Profile:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the profile as indented JSON, atomically (temporary file, fsync, rename)."""
-        path = Path(path)
+        """Write the profile as indented JSON, atomically (temporary file, fsync, rename).
+
+        The file gets the permissions a plain `open(path, "w")` gives (0666 less the umask): profiles are meant
+        to be shared, and `tempfile.mkstemp` would make them private (0600).
+        """
+        path = _file_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -333,6 +341,12 @@ def _int_list(data: Mapping[str, Any], key: str, where: str, length: int | None 
         size = f"{length} " if length is not None else ""
         raise _fail(f"{where}.{key}", f"must be a list of {size}integers >= {minimum}, got {value!r}")
     return tuple(value)
+
+
+def _file_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise ValueError(f"path must be a str or os.PathLike file path, got {type(path).__name__} {path!r}")
+    return Path(path)
 
 
 def _validate_profile_dict(data: Any) -> Profile:
