@@ -182,9 +182,16 @@ def test_working_order_inputs_without_a_table():
     torch.testing.assert_close(from_working_order(out, plan).double(), expected, atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("head_dim,parts", [(64, (64, 0)), (96, (64, 32)), (80, (64, 16)), (112, (128, 0)), (8, (16, 0))])
+@pytest.mark.parametrize("head_dim,parts", [(96, (64, 32)), (80, (64, 16)), (72, (64, 16)), (112, (128, 0)), (8, (16, 0))])
 def test_head_dim_runs_unpadded_where_two_power_of_two_parts_fit(head_dim, parts):
+    """Column parts: exact (96, 80), split with a padded second part (72), one padded part (112, 8)."""
     assert head_dim_blocks(head_dim) == parts
+    gen = torch.Generator().manual_seed(torch.initial_seed())
+    plan = random_plan({"block_q": 16, "block_k": 32, "q_len": 40, "kv_len": 70}, 1, 1, 0.5, [False], gen).to(DEVICE)
+    q, k, v = random_qkv(1, 1, 40, 70, head_dim, torch.float32, gen, transposed=True)
+    out = run_kernel(q, k, v, plan, 0.2, poisoned_out(q, transposed=True), LaunchConfig(16, 16, 4, 1))
+    expected = reference_attention(q.double(), k.double(), v.double(), plan, 0.2)
+    torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("text_position", ["prefix", "suffix"])
