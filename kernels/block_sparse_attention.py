@@ -24,8 +24,8 @@ Padding: a padding slot's address is clamped to a real token so every load is un
 `kv_block_lengths[j]` real tokens, first in the block; only key chunks that reach past that length (in edge
 tiles, the last text block, a ragged last block) mask the scores of their padding slots to -inf. Chunks of
 full blocks, the vast majority, take the fast path: no mask, decided by one scalar length load and compare
-per key chunk (the loads stay outside that branch, so they pipeline). Query rows of padding slots are computed on a real
-token's row and not stored.
+per key chunk (the loads stay outside that branch, so they pipeline). Query rows of padding slots are computed
+on a real token's row and not stored.
 
 head_dim: tl.arange needs powers of two, so a head_dim that is not one is split into two power-of-two parts
 when that is smaller than padding (96 = 64 + 32, 80 = 64 + 16; two dot products accumulate the scores, two
