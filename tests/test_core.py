@@ -9,25 +9,61 @@ from hypothesis import strategies as st
 
 from vidsparse import BlockPlan, PlanError, VideoLayout
 from vidsparse.attention import expand_plan
-from vidsparse.layout import default_tile
+from vidsparse.layout import DEFAULT_TILE
 
 TILES = [(1, 4, 4), (2, 4, 2), (2, 2, 4), (1, 8, 16), (2, 8, 8), (4, 2, 2)]
 
+#: The geometries of issue 18, with the text tokens each family puts in the attention sequence:
+#: name -> (frames, height, width, text_tokens, text_position).
+MODEL_GEOMETRIES = {
+    "Wan 2.1 480p x 81": (21, 30, 52, 0, "suffix"),
+    "Wan 2.1 720p x 81": (21, 45, 80, 0, "suffix"),
+    "Wan 2.2 TI2V-5B 1280x704 x 121": (31, 22, 40, 0, "suffix"),
+    "HunyuanVideo 720p x 129": (33, 45, 80, 256, "suffix"),
+    "CogVideoX 1.5 1360x768 x 81": (11, 48, 85, 226, "prefix"),
+    "LTX-Video 768x512 x 121": (16, 16, 24, 0, "suffix"),
+    "Mochi 848x480 x 163": (28, 30, 53, 256, "suffix"),
+}
+
 
 def _expected_block_of_token(layout: VideoLayout) -> torch.Tensor:
-    """Working block of every model-order token, from (f, h, w) arithmetic alone."""
+    """Working block of every model-order token, from (f, h, w) arithmetic alone: full tiles first, one block
+    each in tile-grid row-major order; then the tokens of the edge tiles, ordered by (tile, f, h, w), packed."""
     tf, th, tw = layout.tile
     nh, nw = math.ceil(layout.height / th), math.ceil(layout.width / tw)
+    tile_of = {}
+    volume: dict[int, int] = {}
+    for f in range(layout.frames):
+        for h in range(layout.height):
+            for w in range(layout.width):
+                tile = ((f // tf) * nh + h // th) * nw + w // tw
+                tile_of[(f, h, w)] = tile
+                volume[tile] = volume.get(tile, 0) + 1
+    full = sorted(t for t, n in volume.items() if n == layout.block_size)
+    edge_tokens = sorted((tile_of[c], c) for c in tile_of if volume[tile_of[c]] < layout.block_size)
+    packed_slot = {c: i for i, (_, c) in enumerate(edge_tokens)}
     blocks = torch.empty(layout.seq_len, dtype=torch.int64)
     i = 0
     for f in range(layout.frames):
         for h in range(layout.height):
             for w in range(layout.width):
-                blocks[layout.video_offset + i] = ((f // tf) * nh + h // th) * nw + w // tw
+                tile = tile_of[(f, h, w)]
+                if volume[tile] == layout.block_size:
+                    blocks[layout.video_offset + i] = full.index(tile)
+                else:
+                    blocks[layout.video_offset + i] = len(full) + packed_slot[(f, h, w)] // layout.block_size
                 i += 1
     text = torch.arange(layout.text_tokens) // layout.block_size + layout.num_video_blocks
     blocks[layout.text_offset : layout.text_offset + layout.text_tokens] = text
     return blocks
+
+
+def _tile_of_token(layout: VideoLayout) -> torch.Tensor:
+    """Tile index (row-major over the tile grid) of every model-order video token; -1 for text."""
+    nf, nh, nw = layout.tile_grid
+    c = layout.token_coords
+    tiles = ((c[:, 0] // layout.tile[0]) * nh + c[:, 1] // layout.tile[1]) * nw + c[:, 2] // layout.tile[2]
+    return torch.where(c[:, 0] >= 0, tiles, -1)
 
 
 def _check_layout(layout: VideoLayout) -> None:
@@ -38,23 +74,36 @@ def _check_layout(layout: VideoLayout) -> None:
     assert torch.equal(torch.sort(real).values, torch.arange(layout.seq_len))  # every token exactly once
     assert int((perm < 0).sum()) == layout.padded_len - layout.seq_len
     assert torch.equal(perm[inv], torch.arange(layout.seq_len))  # round trip
-    # Each token sits in the block of its tile (text: the text blocks, in order).
+    # Each token sits in the block of its full tile or in its packed edge block (text: the text blocks, in order).
     assert torch.equal(inv // bs, _expected_block_of_token(layout))
-    # Inside a block: real tokens first, in the model's (f, h, w) order, then padding.
+    # Inside a block: real tokens first, by tile and then in the model's (f, h, w) order, then padding.
     blocks = perm.view(layout.num_blocks, bs)
     lengths = (blocks >= 0).sum(1)
     assert torch.equal(layout.block_lengths, lengths.to(torch.int32))
+    tile = _tile_of_token(layout)
     for row, n in zip(blocks, lengths.tolist()):
         assert bool((row[:n] >= 0).all()) and bool((row[n:] < 0).all())
-        assert bool((row[1:n] > row[: n - 1]).all())
-    # Edge tiles of a non-divisible grid hold exactly the grid cells inside them.
-    tf, th, tw = layout.tile
-    for block in range(layout.num_video_blocks):
-        cf, ch, cw = layout.tile_coords(block)
-        cells = [min(t, n - c * t) for n, t, c in zip(layout.grid, layout.tile, (cf, ch, cw))]
-        assert int(lengths[block]) == math.prod(cells)
-        assert layout.tile_block(cf, ch, cw) == block
-        assert tuple(layout.block_tile_coords[block].tolist()) == (cf, ch, cw)
+        order = tile[row[:n]].clamp(min=0) * layout.seq_len + row[:n]
+        assert bool((order[1:] > order[:-1]).all())
+    # Padding: only the last video block and the last text block may be partly empty.
+    mv = layout.num_video_blocks
+    assert bool((lengths[: mv - 1] == bs).all()) and bool((lengths[mv:-1] == bs).all())
+    # Blocks <-> tiles, from token coordinates alone.
+    video = tile >= 0
+    block = inv // bs
+    pairs = sorted({(int(b), int(t)) for b, t in zip(block[video], tile[video])})
+    got_blocks, got_tiles = layout.block_tile_pairs
+    assert list(zip(got_blocks.tolist(), got_tiles.tolist())) == pairs
+    coords = layout.token_coords
+    for b in range(mv):
+        in_block = video & (block == b)
+        first = int(tile[in_block][torch.argmin(inv[in_block])])
+        assert layout.block_tile_coords[b].tolist() == layout.tile_coordinates[first].tolist()
+        frames = coords[in_block, 0]
+        assert layout.block_frame_range[b].tolist() == [int(frames.min()), int(frames.max()) + 1]
+    for t in range(layout.num_tiles):
+        tf, th, tw = layout.tile_coordinates[t].tolist()
+        assert layout.tile_index(tf, th, tw) == t
     assert list(layout.text_blocks()) == list(range(layout.num_video_blocks, layout.num_blocks))
     assert int(lengths[layout.num_video_blocks :].sum()) == layout.text_tokens
 
@@ -85,16 +134,56 @@ def test_text_prefix_and_suffix_positions():
     assert suffix.token_coords[-1].tolist() == [-1, -1, -1]
 
 
-def test_padding_for_non_divisible_grid():
+def test_edge_tiles_are_packed():
     layout = VideoLayout(3, 5, 7, tile=(2, 4, 4))
-    assert layout.tile_grid == (2, 2, 2)
-    assert layout.block_lengths.tolist() == [2 * 4 * 4, 2 * 4 * 3, 2 * 1 * 4, 2 * 1 * 3, 4 * 4, 4 * 3, 4, 3]
-    assert layout.seq_len == 105 and layout.padded_len == 256
+    assert layout.tile_grid == (2, 2, 2) and layout.num_full_tiles == 1
+    # One full tile, then the 73 tokens of the seven edge tiles in three blocks: 32 + 32 + 9 (was 8 padded blocks).
+    assert layout.block_lengths.tolist() == [32, 32, 32, 9]
+    assert layout.seq_len == 105 and layout.padded_len == 128
+    # Block 1 packs edge tile 1 (2 x 4 x 3 = 24 tokens) and 8 of the 2 x 1 x 4 tokens of tile 2.
+    blocks, tiles = layout.block_tile_pairs
+    assert tiles[blocks == 1].tolist() == [1, 2]
 
 
-def test_default_tile_and_layout_errors():
-    assert default_tile(1, 16, 8) == (1, 16, 8)  # the only 128-tile without padding
-    assert math.prod(VideoLayout(21, 30, 52).tile) == 128
+@pytest.mark.parametrize("name", MODEL_GEOMETRIES)
+def test_padding_within_ten_percent_on_model_geometries(name):
+    """Issue 18: computed slot pairs / real token pairs of a dense call <= 1.10 (the old per-tile padding: 1.25
+    at Wan 480p). The default tile is the same at every grid, so tile-unit parameters keep their latent size."""
+    frames, height, width, text, position = MODEL_GEOMETRIES[name]
+    layout = VideoLayout(frames, height, width, text_tokens=text, text_position=position)
+    assert layout.tile == DEFAULT_TILE
+    slots = layout.num_blocks * layout.block_size
+    assert (slots / layout.seq_len) ** 2 == pytest.approx(layout.padding_ratio)
+    assert layout.padding_ratio <= 1.10
+    full = BlockPlan.from_mask(torch.ones(1, 1, layout.num_blocks, layout.num_blocks, dtype=torch.bool), layout=layout)
+    assert full.density() == pytest.approx(layout.padding_ratio)  # the reported density is what the kernel computes
+    assert full.useful_density() == pytest.approx(1.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    frames=st.integers(1, 4),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    tile=st.sampled_from(TILES[:3]),
+    density=st.floats(0.0, 1.0),
+)
+def test_lower_tile_mask_keeps_every_token_pair_of_the_tile_mask(frames, height, width, tile, density):
+    layout = VideoLayout(frames, height, width, tile=tile)
+    t = layout.num_tiles
+    tile_mask = torch.rand(2, t, t) < density
+    lowered = layout.lower_tile_mask(tile_mask)
+    # Reference: a block pair is kept when one of its token pairs has its tile pair kept.
+    tile = _tile_of_token(layout)
+    block = layout.inverse_permutation // layout.block_size
+    token_mask = tile_mask[:, tile][:, :, tile]
+    rows = torch.nn.functional.one_hot(block, layout.num_video_blocks).double()
+    expected = (rows.T @ token_mask.double() @ rows) > 0.5
+    assert torch.equal(lowered, expected)
+
+
+def test_layout_errors():
+    assert VideoLayout(21, 30, 52).tile == VideoLayout(21, 45, 80).tile == DEFAULT_TILE
     with pytest.raises(ValueError, match="power of two"):
         VideoLayout(2, 4, 4, tile=(1, 3, 4))
     with pytest.raises(ValueError, match="frames"):
@@ -103,9 +192,9 @@ def test_default_tile_and_layout_errors():
         VideoLayout(1, 4, 4, text_tokens=2, text_position="middle")
     layout = VideoLayout(2, 4, 4, tile=(1, 4, 4))
     with pytest.raises(IndexError):
-        layout.tile_coords(2)
-    with pytest.raises(IndexError):
-        layout.tile_block(0, 1, 0)
+        layout.tile_index(0, 1, 0)
+    with pytest.raises(ValueError, match="lower_tile_mask"):
+        layout.lower_tile_mask(torch.ones(3, 3, dtype=torch.bool))
 
 
 # ----- BlockPlan ------------------------------------------------------------------------------------------
@@ -185,11 +274,14 @@ def test_from_mask_round_trip_and_dense_mask_without_layout(batch):
     assert torch.equal(plan.to_dense_mask(), dense)
     rows = torch.tensor([21, 0, 5])
     assert torch.equal(plan.to_dense_mask(rows), dense[:, :, rows])
-    # Density and FLOPs count real token pairs only.
+    # Useful density and FLOPs count real token pairs; density counts the slots the kernel computes (ragged
+    # last blocks in full).
     pairs = dense.sum(dim=(-1, -2)).double()
-    torch.testing.assert_close(plan.density(per_head=True), pairs / (q_len * kv_len))
-    assert plan.density() == pytest.approx(float(pairs.mean()) / (q_len * kv_len))
+    torch.testing.assert_close(plan.useful_density(per_head=True), pairs / (q_len * kv_len))
+    assert plan.useful_density() == pytest.approx(float(pairs.mean()) / (q_len * kv_len))
     assert plan.flops(64) == pytest.approx(4 * 64 * float(pairs.sum()))
+    slots = mask.sum(dim=(-1, -2)).double() * block_q * block_k
+    torch.testing.assert_close(plan.density(per_head=True), slots / (q_len * kv_len))
 
 
 @settings(max_examples=25, deadline=None)
@@ -214,7 +306,9 @@ def test_dense_mask_with_layout_matches_token_mask(
     blocks = _expected_block_of_token(layout)
     dense = _expected_dense(mask, blocks, blocks)
     assert torch.equal(plan.to_dense_mask(), dense)
-    torch.testing.assert_close(plan.density(per_head=True), dense.sum(dim=(-1, -2)).double() / layout.seq_len**2)
+    torch.testing.assert_close(plan.useful_density(per_head=True), dense.sum(dim=(-1, -2)).double() / layout.seq_len**2)
+    slots = mask.sum(dim=(-1, -2)).double() * layout.block_size**2
+    torch.testing.assert_close(plan.density(per_head=True), slots / layout.seq_len**2)
 
 
 def test_union():

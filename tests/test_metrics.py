@@ -70,7 +70,7 @@ def test_dense_plan_is_exact():
 def test_bad_rows_are_rejected(rows, match):
     layout = VideoLayout(2, 6, 6, tile=(1, 4, 4))
     q, k, v = (torch.randn(1, 1, layout.seq_len, 8) for _ in range(3))
-    plan = BlockPlan.from_mask(torch.ones(1, 1, 8, 8, dtype=torch.bool), layout=layout)
+    plan = BlockPlan.from_mask(torch.ones(1, 1, layout.num_blocks, layout.num_blocks, dtype=torch.bool), layout=layout)
     with pytest.raises(ValueError, match=match):
         relative_l2_error(q, k, v, plan, rows=rows)
 

@@ -52,9 +52,8 @@ def diagonal_tokens(layout: VideoLayout, width, temporal, column) -> torch.Tenso
 
 def stripe_tokens(layout: VideoLayout, first_frames=0, sinks=0, tiles=()) -> torch.Tensor:
     c, t, video = coords(layout)
-    _, nh, nw = layout.tile_grid
-    tile_index = (t[:, 0] * nh + t[:, 1]) * nw + t[:, 2]
-    column = video & ((c[:, 0] < first_frames) | (tile_index < sinks))
+    working_block = layout.inverse_permutation // layout.block_size  # sinks: the first blocks of the working order
+    column = video & ((c[:, 0] < first_frames) | (working_block < sinks))
     for tile in tiles:
         column |= video & (t == torch.tensor(tile)).all(1)
     return with_text(column[None, :].expand(layout.seq_len, -1), layout)
@@ -121,6 +120,7 @@ def test_get_refuses_unknown_names_and_parameters_clearly():
         ("diagonal", {"width": 1.5}, "width"),
         ("diagonal", {"width": None, "temporal": None}, "give width"),
         ("diagonal", {"temporal": 1, "column": -2}, "column"),
+        ("diagonal", {"temporal": "most"}, "temporal"),
         ("stripe", {}, "keeps nothing"),
         ("stripe", {"first_frames": -1}, "first_frames"),
         ("stripe", {"tiles": [(0, 1)]}, "tiles"),
@@ -142,9 +142,12 @@ def test_bad_parameters_name_the_argument(name, params, argument):
         strategies.get(name, **params)
 
 
-def test_stripe_tile_outside_the_grid_is_refused_at_planning():
-    with pytest.raises(ValueError, match=r"tile \(9, 0, 0\).*outside the tile grid"):
-        strategies.get("stripe", tiles=[(9, 0, 0)]).plan(UNPADDED)
+def test_stripe_tile_outside_the_grid_keeps_nothing_with_a_warning():
+    """A tile coordinate is a latent position (the tile has the same size at every grid): a grid too small to
+    hold it has nothing to keep there, and planning goes on (no failure mid-generation on another grid)."""
+    with pytest.warns(UserWarning, match=r"tile \(9, 0, 0\).*outside the tile grid"):
+        plan = strategies.get("stripe", first_frames=1, tiles=[(9, 0, 0)]).plan(UNPADDED)
+    assert torch.equal(plan.to_block_mask(), strategies.get("stripe", first_frames=1).plan(UNPADDED).to_block_mask())
 
 
 STATIC = [
@@ -182,11 +185,12 @@ def test_dense_keeps_everything_and_skip_nothing():
 # ----- diagonal ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize(
-    "width, temporal, column", [(0, None, 0), (1, None, 0), (None, 1, 0), (None, 9, 1), (0, 2, 0)]
+    "width, temporal, column", [(0, None, 0), (1, None, 0), (None, 1, 0), (None, 9, 1), (0, 2, 0), (None, "all", 0)]
 )
 def test_diagonal_plan_matches_its_token_definition(layout, width, temporal, column):
     plan = strategies.get("diagonal", width=width, temporal=temporal, column=column).plan(layout)
-    assert_plan_matches_definition(plan, layout, diagonal_tokens(layout, width, temporal, column))
+    frames = layout.frames if temporal == "all" else temporal  # "all": every frame of this grid
+    assert_plan_matches_definition(plan, layout, diagonal_tokens(layout, width, frames, column))
 
 
 # ----- stripe ---------------------------------------------------------------------------------------------------------------
@@ -204,9 +208,9 @@ def sampled_tile_scores(layout: VideoLayout, q: torch.Tensor, k: torch.Tensor, s
     picks = torch.linspace(0, video_rows.numel() - 1, min(samples, video_rows.numel()), dtype=torch.float64)
     rows = video_rows[picks.round().long().unique()]
     probs = torch.softmax(q[:, :, rows].double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1]), -1).mean(2)
-    _, t, video = coords(layout)
-    scores = torch.stack([probs[..., video & (t == torch.tensor(layout.tile_coords(b))).all(1)].sum(-1)
-                          for b in range(layout.num_video_blocks)], dim=-1)
+    _, _, video = coords(layout)
+    block = layout.inverse_permutation // layout.block_size
+    scores = torch.stack([probs[..., video & (block == b)].sum(-1) for b in range(layout.num_video_blocks)], dim=-1)
     return scores, probs[..., ~video].sum(-1)
 
 
@@ -234,8 +238,9 @@ def test_sampled_stripe_keeps_the_top_tiles_of_the_sampled_rows(layout, params):
             else:
                 n = params.get("top_k") or math.ceil(params["fraction"] * mv)
                 expected[b, h, ranked[b, h, :n]] = True
-    first_frame_of_tile = torch.tensor([layout.tile_coords(b)[0] * layout.tile[0] for b in range(mv)])
-    expected |= first_frame_of_tile < params.get("first_frames", 0)
+    block = layout.inverse_permutation // layout.block_size
+    first_frame_of_block = torch.tensor([int(layout.token_coords[block == b, 0].min()) for b in range(mv)])
+    expected |= first_frame_of_block < params.get("first_frames", 0)
     blocks = plan.to_block_mask()
     expected_blocks = expected[:, :, None, :].expand(2, 3, mv, mv) | torch.eye(mv, dtype=torch.bool)
     assert torch.equal(blocks[..., :mv, :mv], expected_blocks)

@@ -54,17 +54,18 @@ def block_of_token(layout: VideoLayout) -> torch.Tensor:
 
 
 def naive_tile_means(layout: VideoLayout, x: torch.Tensor) -> torch.Tensor:
-    """[B, H, Mv, D]: mean of x over the tokens whose (f, h, w) falls in each tile."""
-    coords = layout.token_coords
-    tf, th, tw = layout.tile
+    """[B, H, Mv, D]: mean of x over the real tokens of each video block (a full tile, or packed edge tiles)."""
     out = torch.zeros(*x.shape[:2], layout.num_video_blocks, x.shape[-1], dtype=torch.float64)
     for block in range(layout.num_video_blocks):
-        f, h, w = layout.tile_coords(block)
-        inside = (
-            (coords[:, 0] // tf == f) & (coords[:, 1] // th == h) & (coords[:, 2] // tw == w) & (coords[:, 0] >= 0)
-        )
+        inside = block_of_token(layout) == block
         out[:, :, block] = x[:, :, inside].double().mean(2)
     return out
+
+
+def first_tile_of_block(layout: VideoLayout, block: int) -> tuple[int, int, int]:
+    """Tile coordinates of the first token of a video block."""
+    token = int(layout.permutation[block * layout.block_size])
+    return tuple((layout.token_coords[token] // torch.tensor(layout.tile)).tolist())
 
 
 def tile_sizes(layout: VideoLayout) -> torch.Tensor:
@@ -229,7 +230,7 @@ def independent_chunks(layout: VideoLayout, partition: str, strategy) -> torch.T
     """int64 [Mv]: chunk id of each tile, numbered in order of first appearance of its chunk key."""
     keys = []
     for block in range(layout.num_video_blocks):
-        f, h, w = layout.tile_coords(block)
+        f, h, w = first_tile_of_block(layout, block)
         if partition == "1d":
             keys.append((f // strategy.temporal_chunk_size,))
         elif partition == "2d":

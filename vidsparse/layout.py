@@ -1,16 +1,36 @@
 """Where every token of one attention call sits: the latent video grid, the text tokens, and the tile order.
 
 Video DiTs flatten the latent grid frame-major, `(f, h, w)` row-major. Kernels compute fixed-size blocks of
-consecutive tokens, so strategies that are local in 3D reorder the tokens into *tiles* of shape `(tf, th, tw)`:
-one kernel block is exactly one spatio-temporal tile. The reordered sequence is the *working order*:
+consecutive tokens, so strategies that are local in 3D reorder the tokens into *tiles* of shape `(tf, th, tw)`
+whose volume is the kernel block size. The reordered sequence is the *working order*:
 
-    [tile 0][tile 1] ... [tile N-1][text block 0] ... [text block T-1]
+    [full tile 0] ... [full tile n-1][packed edge tiles ... padding][text block 0] ... [text block T-1]
 
-Tiles are enumerated row-major over the tile grid `(nF, nH, nW)`. Inside a tile the real tokens come first in
-`(f, h, w)` order, followed by padding slots where the grid is not divisible by the tile: any resolution works,
-the edge tiles are simply partly empty. Text tokens (prefix or suffix in the model's order) always go to the
-end of the working order, padded to whole blocks. Padding slots are never attended to as keys, and outputs for
-them are dropped when going back to the model's order.
+Tiles are enumerated row-major over the tile grid `(nF, nH, nW)` (edge tiles included); inside a tile tokens keep
+their `(f, h, w)` order. A tile the grid fills completely is one kernel block. Where the grid is not divisible by
+the tile, the edge tiles are partly empty: their real tokens are *packed* one after the other (in tile order) into
+the blocks that follow the full tiles, and only the last of those blocks is padded. Text tokens (prefix or suffix
+in the model's order) always go to the end of the working order, padded to whole blocks. Padding slots are never
+attended to as keys, and outputs for them are dropped when going back to the model's order.
+
+Why packing (issue 18, measured by `scripts/tile_padding.py`): the kernel computes whole blocks, padding included,
+so the work of a dense call grows with (slots / tokens)^2. Padding every edge tile to a block cost 1.12x the slots
+(1.25x the FLOPs) at Wan 2.1 480p (21 x 30 x 52) even with the best of seven 128-token tiles, and no tile shape,
+block size (64, 128, 256) or non-power-of-two tile inside a block keeps every common geometry within 1.10x the
+FLOPs (HunyuanVideo 720p: 1.14x at best). Packing keeps every grid within one block of padding (plus the text's
+last block): <= 1.02x the FLOPs on Wan, HunyuanVideo, CogVideoX 1.5, LTX-Video and Mochi geometries. The price is
+locality: a packed block holds pieces of two to four neighbouring edge tiles, so a strategy keeps, for that block,
+the union of what its tiles keep (see `lower_tile_mask`).
+
+The tile is the same at every grid: `DEFAULT_TILE = (1, 8, 16)` (one latent frame, 8 rows, 16 columns; 128 tokens).
+A parameter in tiles (a neighborhood window, a VMoBA chunk) therefore covers the same latent extent at every
+resolution and frame count, and a profile made on one grid means the same attention on another (its file records
+the tile; see `vidsparse.profile`). One frame per tile also keeps frame-based patterns (diagonal bands, first-frame
+stripes) exact to the frame. A layout built with another `tile` is allowed (tests, experiments).
+
+Static strategies describe what they keep per pair of tiles (a [T, T] mask over the tile grid) and
+`lower_tile_mask` turns it into the kernel's block mask: a block pair is kept when any of their tiles are.
+Dynamic strategies work on blocks directly (pooled over the block's real tokens).
 """
 
 from __future__ import annotations
@@ -24,25 +44,8 @@ import torch
 
 TextPosition = Literal["suffix", "prefix"]
 
-# Tile shapes of 128 tokens tried by `default_tile`, most cube-like first (ties keep the earlier one).
-_TILE_CANDIDATES_128: tuple[tuple[int, int, int], ...] = (
-    (2, 8, 8),
-    (1, 8, 16),
-    (1, 16, 8),
-    (4, 4, 8),
-    (4, 8, 4),
-    (2, 4, 16),
-    (2, 16, 4),
-)
-
-
-def default_tile(frames: int, height: int, width: int) -> tuple[int, int, int]:
-    """The 128-token tile that wastes the fewest padding slots on this grid."""
-
-    def padded_volume(tile: tuple[int, int, int]) -> int:
-        return math.prod(math.ceil(n / t) * t for n, t in zip((frames, height, width), tile))
-
-    return min(_TILE_CANDIDATES_128, key=padded_volume)
+#: The tile of every layout that does not name one: (frames, rows, columns) of latent tokens, 128 tokens.
+DEFAULT_TILE: tuple[int, int, int] = (1, 8, 16)
 
 
 def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -60,7 +63,7 @@ class VideoLayout:
         text_tokens: number of text tokens sharing the sequence (0 when text lives in cross-attention).
         text_position: "suffix" (HunyuanVideo) or "prefix" (CogVideoX): where text sits in the model's order.
         tile: (tf, th, tw) tokens per tile; its volume is the kernel block size and must be a power of two
-            between 16 and 256. Default: the 128-token tile with the least padding for this grid.
+            between 16 and 256. Default: `DEFAULT_TILE`, the same at every grid.
     """
 
     frames: int
@@ -76,7 +79,7 @@ class VideoLayout:
         _check_positive_int("text_tokens", self.text_tokens, minimum=0)
         if self.text_position not in ("suffix", "prefix"):
             raise ValueError(f"VideoLayout: text_position must be 'suffix' or 'prefix', got {self.text_position!r}")
-        tile = default_tile(self.frames, self.height, self.width) if self.tile is None else tuple(self.tile)
+        tile = DEFAULT_TILE if self.tile is None else tuple(self.tile)
         if len(tile) != 3:
             raise ValueError(f"VideoLayout: tile must be (tf, th, tw), got {self.tile!r}")
         for name, t in zip(("tf", "th", "tw"), tile):
@@ -113,8 +116,18 @@ class VideoLayout:
         return tuple(math.ceil(n / t) for n, t in zip(self.grid, self.tile))  # type: ignore[return-value]
 
     @property
-    def num_video_blocks(self) -> int:
+    def num_tiles(self) -> int:
         return math.prod(self.tile_grid)
+
+    @property
+    def num_full_tiles(self) -> int:
+        """Tiles the grid fills completely: the first blocks of the working order, one tile each."""
+        return math.prod(n // t for n, t in zip(self.grid, self.tile))
+
+    @property
+    def num_video_blocks(self) -> int:
+        packed = self.num_video_tokens - self.num_full_tiles * self.block_size
+        return self.num_full_tiles + math.ceil(packed / self.block_size)
 
     @property
     def num_text_blocks(self) -> int:
@@ -130,6 +143,11 @@ class VideoLayout:
         return self.num_blocks * self.block_size
 
     @property
+    def padding_ratio(self) -> float:
+        """Computed slot pairs of a dense call over real token pairs: (padded_len / seq_len)^2."""
+        return (self.padded_len / self.seq_len) ** 2
+
+    @property
     def video_offset(self) -> int:
         """Index of the first video token in the model's order."""
         return self.text_tokens if self.text_position == "prefix" else 0
@@ -139,55 +157,51 @@ class VideoLayout:
         """Index of the first text token in the model's order."""
         return 0 if self.text_position == "prefix" else self.num_video_tokens
 
-    # ----- blocks <-> tiles ------------------------------------------------------------------------------
-    def tile_coords(self, block: int) -> tuple[int, int, int]:
-        """Tile coordinates (tile_f, tile_h, tile_w) of a video block."""
-        if not 0 <= block < self.num_video_blocks:
-            raise IndexError(f"block {block} is not a video block (0..{self.num_video_blocks - 1})")
-        _, nh, nw = self.tile_grid
-        return (block // (nh * nw), (block // nw) % nh, block % nw)
+    def text_blocks(self) -> range:
+        return range(self.num_video_blocks, self.num_blocks)
 
-    def tile_block(self, tile_f: int, tile_h: int, tile_w: int) -> int:
-        """Block index of the tile at these tile coordinates."""
+    # ----- tiles -----------------------------------------------------------------------------------------
+    def tile_index(self, tile_f: int, tile_h: int, tile_w: int) -> int:
+        """Index (row-major over the tile grid) of the tile at these tile coordinates."""
         nf, nh, nw = self.tile_grid
         if not (0 <= tile_f < nf and 0 <= tile_h < nh and 0 <= tile_w < nw):
             raise IndexError(f"tile ({tile_f}, {tile_h}, {tile_w}) is outside the tile grid {self.tile_grid}")
         return (tile_f * nh + tile_h) * nw + tile_w
 
     @cached_property
-    def block_tile_coords(self) -> torch.Tensor:
-        """int64 [num_video_blocks, 3]: tile coordinates of every video block."""
-        nf, nh, nw = self.tile_grid
-        f, h, w = torch.meshgrid(torch.arange(nf), torch.arange(nh), torch.arange(nw), indexing="ij")
+    def tile_coordinates(self) -> torch.Tensor:
+        """int64 [num_tiles, 3]: (tile_f, tile_h, tile_w) of every tile, row-major."""
+        f, h, w = torch.meshgrid(*(torch.arange(n) for n in self.tile_grid), indexing="ij")
         return torch.stack([f.reshape(-1), h.reshape(-1), w.reshape(-1)], dim=1)
-
-    @cached_property
-    def block_frame_range(self) -> torch.Tensor:
-        """int64 [num_video_blocks, 2]: first and one-past-last latent frame covered by each video block."""
-        start = self.block_tile_coords[:, 0] * self.tile[0]
-        return torch.stack([start, torch.clamp(start + self.tile[0], max=self.frames)], dim=1)
-
-    def text_blocks(self) -> range:
-        return range(self.num_video_blocks, self.num_blocks)
 
     # ----- the permutation -------------------------------------------------------------------------------
     @cached_property
-    def permutation(self) -> torch.Tensor:
-        """int64 [padded_len]: model-order index of the token at each working position, -1 for padding."""
+    def _working_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model-order token, tile) of every video slot of the working order; -1 for padding slots."""
         tf, th, tw = self.tile
         nf, nh, nw = self.tile_grid
+        bs = self.block_size
         grid = torch.full((nf * tf, nh * th, nw * tw), -1, dtype=torch.int64)
         grid[: self.frames, : self.height, : self.width] = self.video_offset + torch.arange(
             self.num_video_tokens
         ).view(self.grid)
         # [nf, tf, nh, th, nw, tw] -> [nf, nh, nw, tf*th*tw]: one row per tile, tokens in (f, h, w) order.
-        tiles = grid.view(nf, tf, nh, th, nw, tw).permute(0, 2, 4, 1, 3, 5).reshape(-1, tf * th * tw)
-        # Stable sort on "is padding" moves real tokens to the front of each tile, keeping their order.
-        order = torch.sort((tiles < 0).to(torch.int8), dim=1, stable=True).indices
-        video = torch.gather(tiles, 1, order).reshape(-1)
+        tiles = grid.view(nf, tf, nh, th, nw, tw).permute(0, 2, 4, 1, 3, 5).reshape(-1, bs)
+        tile_ids = torch.arange(tiles.shape[0])[:, None].expand_as(tiles)
+        full = (tiles >= 0).all(1)
+        edge_tokens, edge_tiles = tiles[~full], tile_ids[~full]
+        real = edge_tokens >= 0  # row-major flattening keeps tile order and (f, h, w) order inside a tile
+        padding = torch.full((self.num_video_blocks * bs - self.num_full_tiles * bs - int(real.sum()),), -1)
+        tokens = torch.cat([tiles[full].reshape(-1), edge_tokens[real], padding])
+        owners = torch.cat([tile_ids[full].reshape(-1), edge_tiles[real], padding])
+        return tokens, owners
+
+    @cached_property
+    def permutation(self) -> torch.Tensor:
+        """int64 [padded_len]: model-order index of the token at each working position, -1 for padding."""
         text = torch.full((self.num_text_blocks * self.block_size,), -1, dtype=torch.int64)
         text[: self.text_tokens] = self.text_offset + torch.arange(self.text_tokens)
-        return torch.cat([video, text])
+        return torch.cat([self._working_order[0], text])
 
     @cached_property
     def inverse_permutation(self) -> torch.Tensor:
@@ -211,6 +225,75 @@ class VideoLayout:
         video = torch.stack([f.reshape(-1), h.reshape(-1), w.reshape(-1)], dim=1)
         coords[self.video_offset : self.video_offset + self.num_video_tokens] = video
         return coords
+
+    # ----- blocks <-> tiles ------------------------------------------------------------------------------
+    @cached_property
+    def block_tile_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, tile) int64 [P] each: the *pieces*, every (video block, tile) pair sharing a token, sorted by
+        block then tile. A full tile's block is one piece; a packed block one per edge tile it holds a part of."""
+        blocks, owners, _ = self._pieces
+        return blocks, owners
+
+    @cached_property
+    def piece_frame_range(self) -> torch.Tensor:
+        """int64 [P, 2]: first and one-past-last latent frame of each piece's tokens (a piece is a run of its
+        tile's tokens in (f, h, w) order, so its frames are contiguous)."""
+        return self._pieces[2]
+
+    @cached_property
+    def _pieces(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens, owners = self._working_order
+        real = tokens >= 0
+        blocks = torch.nonzero(real).squeeze(1) // self.block_size
+        keys, piece = torch.unique(blocks * self.num_tiles + owners[real], return_inverse=True)
+        frame = (tokens[real] - self.video_offset) // (self.height * self.width)
+        start = torch.full((keys.numel(),), self.frames).scatter_reduce(0, piece, frame, "amin")
+        stop = torch.zeros(keys.numel(), dtype=torch.int64).scatter_reduce(0, piece, frame + 1, "amax")
+        return keys // self.num_tiles, keys % self.num_tiles, torch.stack([start, stop], dim=1)
+
+    @cached_property
+    def block_tile_coords(self) -> torch.Tensor:
+        """int64 [num_video_blocks, 3]: tile coordinates of each video block's first tile (its only tile unless
+        the block packs edge tiles)."""
+        blocks, tiles = self.block_tile_pairs
+        first = torch.ones_like(blocks, dtype=torch.bool)
+        first[1:] = blocks[1:] != blocks[:-1]
+        return self.tile_coordinates[tiles[first]]
+
+    @cached_property
+    def block_frame_range(self) -> torch.Tensor:
+        """int64 [num_video_blocks, 2]: first and one-past-last latent frame of the real tokens of each block."""
+        blocks, _ = self.block_tile_pairs
+        mv, ranges = self.num_video_blocks, self.piece_frame_range
+        start = torch.full((mv,), self.frames).scatter_reduce(0, blocks, ranges[:, 0], "amin")
+        return torch.stack([start, torch.zeros(mv, dtype=torch.int64).scatter_reduce(0, blocks, ranges[:, 1], "amax")], 1)
+
+    def lower_piece_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """bool [..., num_video_blocks, num_video_blocks] from a mask over pieces [..., P, P] (see
+        `block_tile_pairs`): a block pair is kept when any piece of the query block keeps any piece of the key
+        block. Where every block is one full tile this is the mask itself."""
+        blocks, _ = self.block_tile_pairs
+        p, mv = blocks.numel(), self.num_video_blocks
+        if mask.shape[-2:] != (p, p):
+            raise ValueError(f"lower_piece_mask: mask must be [..., {p}, {p}] for {self}, got {tuple(mask.shape)}")
+        if p == mv:  # one piece per block
+            return mask
+        blocks = blocks.to(mask.device)
+        rows = torch.zeros(*mask.shape[:-2], mv, p, dtype=torch.int32, device=mask.device)
+        rows.index_add_(rows.dim() - 2, blocks, mask.to(torch.int32))
+        out = torch.zeros(*mask.shape[:-2], mv, mv, dtype=torch.int32, device=mask.device)
+        out.index_add_(out.dim() - 1, blocks, rows)
+        return out > 0
+
+    def lower_tile_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """bool [..., num_video_blocks, num_video_blocks] from a tile mask [..., num_tiles, num_tiles]: a block
+        pair is kept when any tile of the query block keeps any tile of the key block (for full tiles, exactly
+        the tile pair), so the plan computes at least every token pair the tile mask keeps."""
+        t = self.num_tiles
+        if mask.shape[-2:] != (t, t):
+            raise ValueError(f"lower_tile_mask: mask must be [..., {t}, {t}] for {self}, got {tuple(mask.shape)}")
+        tiles = self.block_tile_pairs[1].to(mask.device)
+        return self.lower_piece_mask(mask[..., tiles, :][..., tiles])
 
     def __repr__(self) -> str:
         text = f", text_tokens={self.text_tokens} ({self.text_position})" if self.text_tokens else ""

@@ -21,4 +21,5 @@ class Dense(Strategy):
         return torch.ones(layout.num_blocks, layout.num_blocks, dtype=torch.bool)
 
     def estimate_density(self, layout: VideoLayout) -> float:
-        return 1.0
+        """What the block-sparse kernel computes for a dense head: 1 plus the layout's padding."""
+        return layout.padding_ratio

@@ -12,23 +12,25 @@ w // tile_w). A video query q keeps a video key k when
     band:           |f_q - f_k| <= width                                             (width is not None)
     multi-diagonal: |f_q - f_k| <= temporal  and  max(|th_q - th_k|, |tw_q - tw_k|) <= column   (temporal is not None)
 
-and the plan keeps a (query tile, key tile) pair when any of their token pairs is kept: for tiles covering
-frames [a, b) and [c, d) the band keeps the pair when c < b + width and d > a - width, and the multi-diagonal
-when c < b + temporal, d > a - temporal and the tiles' (row, column) are within `column` of each other.
-Text rows and columns are dense. Every query keeps its own tile.
+(temporal="all": every frame), and the plan keeps a (query tile, key tile) pair when any of their token pairs is
+kept: for tiles covering frames [a, b) and [c, d) the band keeps the pair when c < b + width and d > a - width,
+and the multi-diagonal when c < b + temporal, d > a - temporal and the tiles' (row, column) are within `column`
+of each other. A block packing pieces of several edge tiles keeps what any of them keeps. Text rows and columns
+are dense. Every query keeps its own tile.
 
 Parameters (grid units):
     width:    frames on either side kept in full (SVG spatial head; 0 = the query's own frames); None: no band.
-    temporal: frames on either side of the multi-diagonal (SVG temporal head; >= frames - 1 means all
-              frames); None: no multi-diagonal.
+    temporal: frames on either side of the multi-diagonal (SVG temporal head), or "all" for every frame of the
+              video whatever its length (a number >= frames - 1 also keeps all frames, but only up to that many
+              frames on another grid); None: no multi-diagonal.
     column:   tiles on either side, in rows and columns, that the multi-diagonal keeps (0 = the query's own
-              tile column, i.e. its spatial position at tile granularity).
+              tile column, i.e. its spatial position at tile granularity: 8 x 16 latent tokens at every grid).
 
 Density without text, tiles of one frame, F frames: the band keeps about (2 width + 1) / F of the keys, the
 multi-diagonal (2 temporal + 1) / F * (2 column + 1)^2 / (tile rows * tile columns).
 
 Designed for: spatial heads (width=1 keeps 3/8 of the keys on 8 frames, relative L2 error < 0.05 on the zoo's
-spatial heads) and temporal heads (width=None, temporal >= F - 1, column=0 keeps 1/16 of the keys with 4 x 4
+spatial heads) and temporal heads (width=None, temporal="all", column=0 keeps 1/16 of the keys with 4 x 4
 tiles of 16 x 16 frames, error < 0.05 on the zoo's temporal heads); see tests/test_strategies.py and the strategy table.
 """
 
@@ -42,17 +44,22 @@ from ..layout import VideoLayout
 from .base import Strategy, register_strategy, with_dense_text
 
 
-def _check_count(name: str, value: object, *, optional: bool) -> None:
-    if value is None and optional:
+ALL_FRAMES = "all"
+
+
+def _check_count(name: str, value: object, *, optional: bool, all_frames: bool = False) -> None:
+    if value is None and optional or value == ALL_FRAMES and all_frames:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         allowed = "None or an integer >= 0" if optional else "an integer >= 0"
+        allowed += ' or "all"' if all_frames else ""
         raise ValueError(f"diagonal: {name} must be {allowed}, got {value!r}")
 
 
 def frames_within(layout: VideoLayout, frames: int) -> torch.Tensor:
-    """bool [Mv, Mv]: the two video tiles hold some pair of frames at most `frames` apart."""
-    start, stop = layout.block_frame_range.unbind(1)
+    """bool [P, P] over the layout's pieces (a block's share of one tile): some pair of their frames is at most
+    `frames` apart."""
+    start, stop = layout.piece_frame_range.unbind(1)
     return (start[None, :] < stop[:, None] + frames) & (stop[None, :] > start[:, None] - frames)
 
 
@@ -64,26 +71,28 @@ class Diagonal(Strategy):
     name = "diagonal"
 
     width: int | None = 0
-    temporal: int | None = None
+    temporal: int | str | None = None
     column: int = 0
 
     def __post_init__(self) -> None:
         _check_count("width", self.width, optional=True)
-        _check_count("temporal", self.temporal, optional=True)
+        _check_count("temporal", self.temporal, optional=True, all_frames=True)
         _check_count("column", self.column, optional=False)
         if self.width is None and self.temporal is None:
             raise ValueError("diagonal: give width (spatial band) or temporal (multi-diagonal), or both")
 
     def block_mask(self, layout: VideoLayout) -> torch.Tensor:
-        mv = layout.num_video_blocks
-        keep = torch.eye(mv, dtype=torch.bool)
+        # Per piece (a block's share of one tile: its frames are contiguous), so the lowering to blocks is exact.
+        _, piece_tiles = layout.block_tile_pairs
+        keep = torch.eye(piece_tiles.numel(), dtype=torch.bool)
         if self.width is not None:
             keep |= frames_within(layout, self.width)
         if self.temporal is not None:
-            tiles = layout.block_tile_coords[:, 1:]
+            tiles = layout.tile_coordinates[piece_tiles, 1:]
             same_column = (tiles[:, None, :] - tiles[None, :, :]).abs().amax(-1) <= self.column
-            keep |= frames_within(layout, self.temporal) & same_column
-        return with_dense_text(keep, layout)
+            temporal = layout.frames if self.temporal == ALL_FRAMES else self.temporal
+            keep |= frames_within(layout, temporal) & same_column
+        return with_dense_text(layout.lower_piece_mask(keep), layout)
 
     def estimate_density(self, layout: VideoLayout) -> float:
         return self.plan(layout).density()

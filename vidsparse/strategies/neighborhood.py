@@ -2,8 +2,10 @@
 
 Generalized Neighborhood Attention (GNA; Hassani et al., arXiv 2504.16922, the NATTEN library) unifies
 sliding-window, strided sliding-window and blocked attention. Here it is applied to the grid of tiles
-(nF, nH, nW) rather than to single tokens: one tile is one kernel block, so the pattern is exactly block-sparse
-(GNA's "perfectly block-sparse" case, where the stride is aligned with the tile).
+(nF, nH, nW) rather than to single tokens: a full tile is one kernel block, so the pattern is block-sparse
+(GNA's "perfectly block-sparse" case, where the stride is aligned with the tile). The tile has the same size at
+every grid (`vidsparse.layout.DEFAULT_TILE`, 1 x 8 x 16 latent tokens), so a window in tiles is a fixed latent
+extent: window (3, 3, 3) is 3 frames x 24 rows x 48 columns at 480p, at 720p and at any frame count.
 
 Definition, per axis with n tiles, window k, stride s, dilation d (NATTEN's non-causal semantics):
 
@@ -16,7 +18,8 @@ A query tile keeps a key tile when it is in its window along all three axes. Con
 min(k, n_g) tiles per axis (a window larger than the axis keeps the whole axis, where NATTEN would refuse);
 all query tiles of one stride group share one window; stride = window gives blocked (non-overlapping)
 attention; stride 1 and dilation 1 is a plain sliding window; every tile is in its own window. Text rows and
-columns are dense.
+columns are dense. A block that packs pieces of several edge tiles (see `vidsparse.layout`) keeps the union of
+their windows.
 
 Parameters (each an int for all three axes or a (t, h, w) tuple, in tiles):
     window:   k, tiles per window along each axis (NATTEN's kernel_size), >= 1.
@@ -87,12 +90,12 @@ class Neighborhood(Strategy):
             window_along_axis(n, k, s, d)
             for n, k, s, d in zip(layout.tile_grid, self.window, self.stride, self.dilation)
         ]
-        tiles = layout.block_tile_coords
-        keep = torch.ones(layout.num_video_blocks, layout.num_video_blocks, dtype=torch.bool)
+        tiles = layout.tile_coordinates
+        keep = torch.ones(layout.num_tiles, layout.num_tiles, dtype=torch.bool)
         for axis, along in enumerate(per_axis):
             coord = tiles[:, axis]
             keep &= along[coord[:, None], coord[None, :]]
-        return with_dense_text(keep, layout)
+        return with_dense_text(layout.lower_tile_mask(keep), layout)
 
     def estimate_density(self, layout: VideoLayout) -> float:
         return self.plan(layout).density()

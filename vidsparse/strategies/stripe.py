@@ -10,9 +10,13 @@ Definition. The stripe set C is a set of video key tiles; the plan keeps, for ev
     C  ∪  {Q}  ∪  every text tile,        and every key tile for text queries.
 
 C is the union of
-    first_frames = n  the tiles covering any of the first n latent frames (n >= frames: all tiles)
-    sinks = n         the first n video tiles of the working order (tile-grid row-major)
-    tiles             explicit (tile_f, tile_h, tile_w) coordinates; each must lie in the layout's tile grid
+    first_frames = n  the blocks holding any token of the first n latent frames (n >= frames: all of them)
+    sinks = n         the first n video blocks of the working order (its full tiles in tile-grid row-major
+                      order, so the first n tiles of the first frames when they are full)
+    tiles             explicit (tile_f, tile_h, tile_w) coordinates: the blocks holding that tile's tokens.
+                      The tile has the same latent size at every grid (`vidsparse.layout.DEFAULT_TILE`), so a
+                      coordinate is a fixed latent position; on a grid too small to hold it, it keeps nothing
+                      (with a warning) instead of failing mid-generation
     sampled (one of top_k, fraction, mass; makes the strategy dynamic, C per batch entry and head):
                       `samples` video query rows, evenly spaced over the video tokens in the model's order,
                       take the dense softmax (scale 1/sqrt(head_dim)) over all keys; a key tile's score is the
@@ -24,6 +28,8 @@ C is the union of
 Cost of sampling: samples x seq_len scores per head, i.e. samples / seq_len of a dense attention call.
 Density without text: about |C| / (video tiles) + 1 / (video tiles).
 
+C is a set of blocks, not tiles, where a block packs pieces of several edge tiles (see `vidsparse.layout`).
+
 Designed for: sink heads, usually unioned with a local pattern (`diagonal | stripe`). first_frames=1 keeps
 1/F of the keys plus the own tile (error < 0.1 on the zoo's sink heads, whose sinks hold 95% of the mass), and
 sampled top_k=4 finds the 4 sink tiles from 64 sampled rows at 5/128 density; see tests/test_strategies.py.
@@ -32,6 +38,7 @@ sampled top_k=4 finds the 4 sink tiles from 64 sampled rows at 5/128 density; se
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -96,13 +103,16 @@ class Stripe(Strategy):
 
     # ----- the fixed stripes -----------------------------------------------------------------------------
     def fixed_columns(self, layout: VideoLayout) -> torch.Tensor:
-        """bool [Mv]: the video key tiles kept for every query by first_frames, sinks and tiles."""
+        """bool [Mv]: the video key blocks kept for every query by first_frames, sinks and tiles."""
         columns = layout.block_frame_range[:, 0] < self.first_frames
         columns[: self.sinks] = True
+        blocks, tiles = layout.block_tile_pairs
         for t in self.tiles:
             if not all(0 <= c < n for c, n in zip(t, layout.tile_grid)):
-                raise ValueError(f"stripe: tile {t} in tiles lies outside the tile grid {layout.tile_grid} of {layout}")
-            columns[layout.tile_block(*t)] = True
+                warnings.warn(f"stripe: tile {t} in tiles lies outside the tile grid {layout.tile_grid} of {layout}; "
+                              f"it keeps nothing on this grid", stacklevel=2)
+                continue
+            columns[blocks[tiles == layout.tile_index(*t)]] = True
         return columns
 
     def block_mask(self, layout: VideoLayout) -> torch.Tensor:

@@ -50,7 +50,9 @@ class VMoBA(Strategy):
        - "1d": a chunk is all tiles of `temporal_chunk_size` consecutive tile-frames (whole frames);
        - "2d": a chunk is a `spatial_chunk_size` = (h, w) column of tiles across all frames;
        - "3d": a chunk is a `st_chunk_size` = (t, h, w) cube of tiles.
-       Edge chunks are simply smaller: nothing needs to divide.
+       Edge chunks are simply smaller: nothing needs to divide. A block that packs pieces of several edge tiles
+       (see `vidsparse.layout`) belongs to the chunk of its first tile. Chunk sizes are in tiles, which have the
+       same latent size at every grid, so a chunk covers the same latent extent at every resolution.
     2. Gate g[a, c] = q_a . kbar_c, q_a = mean query of tile a, kbar_c = mean of the real keys of chunk c.
        (VMoBA gates every query token; here one decision is made per query block, the kernel's unit.)
     3. Selection, with own(a) = the chunk containing tile a, always kept:
@@ -120,7 +122,7 @@ class VMoBA(Strategy):
         return dataclasses.replace(self, layer=layer) if self.partition == "cycle" else self
 
     def chunk_of_block(self, layout: VideoLayout) -> tuple[torch.Tensor, int]:
-        """int64 [Mv] chunk index of every video block, and the number of chunks."""
+        """int64 [Mv] chunk index of every video block, and the number of chunks (those holding a block)."""
         coords = layout.block_tile_coords  # [Mv, 3] tile (f, h, w)
         nf, nh, nw = layout.tile_grid
         if self.active_partition == "1d":
@@ -132,7 +134,9 @@ class VMoBA(Strategy):
         size_t = torch.tensor(size)
         counts = [math.ceil(n / s) for n, s in zip(layout.tile_grid, size)]
         c = coords // size_t
-        return (c[:, 0] * counts[1] + c[:, 1]) * counts[2] + c[:, 2], math.prod(counts)
+        # Numbered over the chunks that hold a block: with packed edge tiles a chunk may hold none.
+        used, chunk = torch.unique((c[:, 0] * counts[1] + c[:, 1]) * counts[2] + c[:, 2], return_inverse=True)
+        return chunk, used.numel()
 
     def gates(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """g: float [B, H, Mv, C], pooled query of each video block . mean key of each chunk."""
