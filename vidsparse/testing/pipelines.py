@@ -314,4 +314,4 @@ def _no_variant(family: str, variant: str | None) -> None:
 
 
 # Families whose builders live in their own modules register on import.
-from . import pipelines_allegro, pipelines_easyanimate, pipelines_kandinsky  # noqa: E402,F401
+from . import pipelines_allegro, pipelines_cosmos, pipelines_easyanimate, pipelines_kandinsky  # noqa: E402,F401
