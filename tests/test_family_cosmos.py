@@ -51,7 +51,8 @@ def test_cosmos_transfer_transformer_patches_self_attention_only():
     inputs = dict(
         hidden_states=torch.randn(1, 4, 3, 32, 32, generator=generator),
         condition_mask=torch.zeros(1, 1, 3, 32, 32), timestep=torch.tensor([0.5]),
-        encoder_hidden_states=(torch.randn(1, 12, 32, generator=generator), torch.randn(1, 4, 32, generator=generator)),
+        encoder_hidden_states=(torch.randn(1, 12, 32, generator=generator),
+                               torch.randn(1, 4, 32, generator=generator)),
         block_controlnet_hidden_states=[torch.randn(1, 768, 32, generator=generator) for _ in range(2)],
         return_dict=False,
     )

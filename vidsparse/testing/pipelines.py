@@ -314,4 +314,6 @@ def _no_variant(family: str, variant: str | None) -> None:
 
 
 # Families whose builders live in their own modules register on import.
-from . import pipelines_allegro, pipelines_cosmos, pipelines_easyanimate, pipelines_kandinsky  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    pipelines_allegro, pipelines_cosmos, pipelines_easyanimate, pipelines_kandinsky, pipelines_motif,
+)
