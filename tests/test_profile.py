@@ -35,7 +35,7 @@ def make_dict(layers: int = 3, heads: int = 4, buckets: int = 2) -> dict:
         "model": {"family": "wan", "name": "tiny", "revision": "abc", "num_layers": layers, "num_heads": heads,
                   "head_dim": 16},
         "calibration": {"prompts": 2, "steps": 10, "frames": 9, "height": 256, "width": 256, "grid": [3, 16, 16],
-                        "seed": 0, "sampled_steps": [2, 5, 9], "rows": 64, "objective": {"error": 0.05},
+                        "tile": [1, 8, 16], "seed": 0, "sampled_steps": [2, 5, 9], "rows": 64, "objective": {"error": 0.05},
                         "seconds": 1.5},
         "schedule": {"dense_warmup_steps": 0.2, "dense_layers": [0]},
         "hardware": {"cost": "measured", "device": "cpu", "backend": "gather", "dtype": "float32", "tokens": 768,
@@ -87,7 +87,9 @@ def _head(data):
 
 
 BROKEN = {
-    "format": (lambda d: d.update(format="vidsparse.profile/2"), "format"),
+    "format": (lambda d: d.update(format="vidsparse.profile/3"), "format"),
+    "tile volume": (lambda d: d["calibration"].update(tile=[1, 8, 12]), "calibration.tile"),
+    "tile missing": (lambda d: d["calibration"].pop("tile"), "calibration.tile"),
     "missing model": (lambda d: d.pop("model"), "model"),
     "unknown field": (lambda d: d["summary"].update(extra=1), "summary.extra"),
     "unknown strategy": (lambda d: _head(d).update(strategy="__import__('os')"), "buckets[1].layers[2].heads[3].strategy"),
@@ -198,3 +200,32 @@ def test_note_grid_logs_other_grid(caplog):
         assert not caplog.records
         assert not profile.note_grid((5, 30, 52))
     assert "(5, 30, 52)" in caplog.text and caplog.records[0].levelno == logging.INFO
+    assert "converted" not in caplog.text  # the profile's tile is the runtime's
+
+
+def version_1(data: dict) -> dict:
+    """The same profile as a version 1 file: no tile, multi-diagonals over all frames spelled as the last frame."""
+    data = copy.deepcopy(data)
+    data["format"] = "vidsparse.profile/1"
+    del data["calibration"]["tile"]
+    return data
+
+
+def test_version_1_files_load_with_their_tile_and_all_frames():
+    data = make_dict(layers=2, heads=2, buckets=1)
+    data["calibration"]["grid"] = [21, 30, 52]  # version 1 chose tile (2, 16, 4) here (the least padded of seven)
+    heads = data["buckets"][0]["layers"][1]["heads"]
+    heads[0].update(strategy="diagonal", params={"width": None, "temporal": 20, "column": 0})  # 20 = last frame
+    heads[1].update(strategy="union", params={"parts": [
+        {"name": "neighborhood", "params": {"window": [3, 3, 3]}},
+        {"name": "diagonal", "params": {"width": 0, "temporal": 3, "column": 1}}]})
+    profile = Profile.from_dict(version_1(data))
+    assert profile.calibration.tile == (2, 16, 4)
+    assert profile.buckets[0].heads[1][0].strategy == get("diagonal", width=None, temporal="all", column=0)
+    assert profile.to_dict()["format"] == FORMAT == "vidsparse.profile/2"
+    # Applied with the runtime's tile (1, 8, 16): the same latent extents, rounded to whole tiles.
+    neighborhood, diagonal = profile.policy().strategies(5, 10, 1, 2)[1].parts
+    assert neighborhood.window == (6, 6, 1)  # 6 frames x 48 rows x 12 -> 16 columns
+    assert diagonal.temporal == 3 and diagonal.column == 2  # a short multi-diagonal stays 3 frames
+    # Saved and loaded again it is a version 2 file with the same content.
+    assert Profile.from_dict(profile.to_dict()) == profile

@@ -6,13 +6,13 @@ field (e.g. ``buckets[0].layers[3].heads[5].params: diagonal: width must be ...`
 the JSON goes to a temporary file in the same folder, is flushed to disk and renamed over the target, so a crash
 never leaves a truncated profile.
 
-Format "vidsparse.profile/1":
+Format "vidsparse.profile/2":
 
     {
-      "format": "vidsparse.profile/1",
+      "format": "vidsparse.profile/2",
       "model":       {"family", "name", "revision", "num_layers", "num_heads", "head_dim"},
-      "calibration": {"prompts", "steps", "frames", "height", "width", "grid": [F, H, W], "seed",
-                      "sampled_steps": [...], "rows", "objective": {"error": 0.05} | {"target_speedup": 3.0},
+      "calibration": {"prompts", "steps", "frames", "height", "width", "grid": [F, H, W], "tile": [tf, th, tw],
+                      "seed", "sampled_steps": [...], "rows", "objective": {"error": 0.05} | {"target_speedup": 3.0},
                       "seconds"},
       "schedule":    {"dense_warmup_steps": 0.2 (fraction) | 3 (count), "dense_layers": [0]},
       "hardware":    {"cost": "measured" | "ideal", "device", "backend", "dtype", "tokens", "heads", "head_dim", "block_size",
@@ -24,10 +24,26 @@ Format "vidsparse.profile/1":
       "summary":     {"mean_density", "predicted_speedup", "predicted_error"}
     }
 
+Densities are what the kernel computes (`BlockPlan.density`: slot pairs, padding included, over real token pairs).
 Buckets cover the step fractions [0, 1) in order; step s of a run of N steps uses the bucket holding s / N, so
-a profile calibrated with 50 steps applies to 30. Strategies are parameterized in grid units (frames, tiles), so
-a profile calibrated at one resolution or frame count applies to another (`Profile.note_grid` says so at info
-level).
+a profile calibrated with 50 steps applies to 30.
+
+At another grid (resolution or frame count). The calibration grid and tile rebuild the exact plans that were
+measured. Strategy parameters are in latent frames and in tiles, and the runtime uses one tile at every grid
+(`vidsparse.layout.DEFAULT_TILE`, 1 x 8 x 16 latent tokens), so a parameter means the same latent extent on every
+grid: a neighborhood window (3, 3, 3) is 3 frames x 24 rows x 48 columns of latent tokens around the query's tile
+at 480p, at 720p and at any frame count; diagonal(temporal="all") keeps every frame of the video. Near the borders
+and in the blocks that pack edge tiles the pattern follows the grid (windows shift at the borders; a packed block
+keeps what its tiles keep). The limits: the errors and densities in the file were measured at the calibration
+grid only (a window covers a larger share of a smaller video); an explicit stripe tile that lies outside a smaller
+grid keeps nothing there (with a warning). A profile whose tile is not the runtime's (files written by older
+versions) is applied with its tile-unit parameters converted to the runtime's tile, rounded to whole tiles
+(`Strategy.retiled`): the same latent extent within one tile. `Profile.note_grid` logs which case applies.
+
+Version 1 files ("vidsparse.profile/1") load with two rules: their tile is the one vidsparse then chose for the
+calibration grid (the least-padding of seven 128-token tiles, `_V1_TILES`), and a multi-diagonal whose
+`temporal` reaches the last calibration frame (how version 1 spelled "all frames") becomes temporal="all". Their
+densities counted real token pairs only. Saving writes version 2.
 """
 
 from __future__ import annotations
@@ -42,10 +58,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .controller import DenseSchedule
+from .layout import DEFAULT_TILE
 from .strategies import Strategy, get
 from .strategies.dense import Dense
 
-FORMAT = "vidsparse.profile/1"
+FORMAT = "vidsparse.profile/2"
+FORMAT_V1 = "vidsparse.profile/1"
+#: The 128-token tiles version 1 chose from, in order: the first with the fewest tiles (padded) on the grid.
+_V1_TILES = ((2, 8, 8), (1, 8, 16), (1, 16, 8), (4, 4, 8), (4, 8, 4), (2, 4, 16), (2, 16, 4))
 logger = logging.getLogger(__name__)
 
 
@@ -68,7 +88,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Calibration:
-    """How the profile was measured: prompts count, steps, resolution, latent grid, seed, what was sampled."""
+    """How the profile was measured: prompts count, steps, resolution, latent grid and tile (together they
+    rebuild the measured plans), seed, what was sampled."""
 
     prompts: int
     steps: int
@@ -81,6 +102,7 @@ class Calibration:
     rows: int
     objective: dict[str, float]
     seconds: float
+    tile: tuple[int, int, int] = DEFAULT_TILE
 
 
 @dataclass(frozen=True)
@@ -204,8 +226,8 @@ class Profile:
         return {
             "format": FORMAT,
             "model": dict(vars(self.model)),
-            "calibration": {**vars(c), "grid": list(c.grid), "sampled_steps": list(c.sampled_steps),
-                            "objective": dict(c.objective)},
+            "calibration": {**vars(c), "grid": list(c.grid), "tile": list(c.tile),
+                            "sampled_steps": list(c.sampled_steps), "objective": dict(c.objective)},
             "schedule": {"dense_warmup_steps": self.schedule.dense_warmup_steps,
                          "dense_layers": list(self.schedule.dense_layers)},
             "hardware": {**vars(h), "points": [list(p) for p in h.points], "planning_ms": dict(h.planning_ms)},
@@ -246,14 +268,20 @@ class Profile:
         return list(shared.items())
 
     def note_grid(self, grid: tuple[int, int, int]) -> bool:
-        """Log (info) when the profile is applied at a latent grid other than its calibration grid; True if same."""
-        grid = tuple(grid)
-        if grid == self.calibration.grid:
+        """Log (info) when the profile is applied at a latent grid other than its calibration grid, and whether
+        its tile-unit parameters are converted to the runtime's tile (see the module docstring); True if same."""
+        grid, c = tuple(grid), self.calibration
+        if grid == c.grid and c.tile == DEFAULT_TILE:
             return True
+        converted = (
+            "" if c.tile == DEFAULT_TILE else
+            f"; its parameters in tiles of {c.tile} are converted to the runtime's tiles of {DEFAULT_TILE}, rounded to "
+            "whole tiles"
+        )
         logger.info(
-            "profile calibrated at latent grid %s (%dx%d, %d frames) is applied at grid %s: strategies are in grid "
-            "units, predicted errors were measured at the calibration grid", self.calibration.grid,
-            self.calibration.width, self.calibration.height, self.calibration.frames, grid,
+            "profile calibrated at latent grid %s (%dx%d, %d frames) is applied at grid %s: windows and chunks keep "
+            "their latent size, errors and densities were measured at the calibration grid%s", c.grid, c.width,
+            c.height, c.frames, grid, converted,
         )
         return False
 
@@ -266,10 +294,14 @@ class ProfilePolicy:
         self.profile = profile
         self.schedule = DenseSchedule(profile.schedule.dense_warmup_steps, frozenset(profile.schedule.dense_layers))
         self._layers: list[list[list[Strategy] | None]] = []
+        tile = profile.calibration.tile
+        # One converted object per distinct strategy, so heads sharing a strategy still share it.
+        converted: dict[Strategy, Strategy] = {}
         for bucket in profile.buckets:
             per_layer: list[list[Strategy] | None] = []
             for layer in bucket.heads:
-                strategies = [choice.strategy for choice in layer]
+                strategies = [converted.setdefault(c.strategy, c.strategy.retiled(tile, DEFAULT_TILE))
+                              if tile != DEFAULT_TILE else c.strategy for c in layer]
                 per_layer.append(None if all(isinstance(s, Dense) for s in strategies) else strategies)
             self._layers.append(per_layer)
 
@@ -351,8 +383,11 @@ def _file_path(path: Any) -> Path:
 
 def _validate_profile_dict(data: Any) -> Profile:
     top = _mapping(data, "", ("format", "model", "calibration", "schedule", "hardware", "buckets", "summary"))
+    if top["format"] == FORMAT_V1:
+        top = _from_version_1(top)
     if top["format"] != FORMAT:
-        raise _fail("format", f"unknown profile format {top['format']!r}; this vidsparse reads {FORMAT!r}")
+        raise _fail("format", f"unknown profile format {top['format']!r}; this vidsparse reads {FORMAT!r} and "
+                              f"{FORMAT_V1!r}")
     model = _model(top["model"])
     calibration = _calibration(top["calibration"])
     schedule = _schedule(top["schedule"], model)
@@ -369,6 +404,35 @@ def _validate_profile_dict(data: Any) -> Profile:
     return profile
 
 
+def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 1 profile dict as version 2 (see the module docstring): the tile version 1 chose for the
+    calibration grid, and temporal="all" for multi-diagonals reaching the last calibration frame."""
+    data = json.loads(json.dumps(data))  # a deep copy of plain JSON data
+    calibration = data["calibration"]
+    if not isinstance(calibration, dict) or "grid" not in calibration:
+        raise _fail("calibration.grid", "missing (a version 1 profile needs its grid to know its tile)")
+    grid = _int_list(calibration, "grid", "calibration", 3, 1)
+    calibration["tile"] = list(min(_V1_TILES, key=lambda t: math.prod(math.ceil(n / s) for n, s in zip(grid, t))))
+    last = grid[0] - 1
+
+    def upgrade(name: Any, params: Any) -> None:
+        if name == "diagonal" and isinstance(params, dict) and isinstance(params.get("temporal"), int) \
+                and not isinstance(params["temporal"], bool) and params["temporal"] >= last:
+            params["temporal"] = "all"
+        if name == "union" and isinstance(params, dict) and isinstance(params.get("parts"), list):
+            for part in params["parts"]:
+                if isinstance(part, dict):
+                    upgrade(part.get("name"), part.get("params"))
+
+    for bucket in data["buckets"] if isinstance(data["buckets"], list) else ():
+        for layer in bucket.get("layers", ()) if isinstance(bucket, dict) else ():
+            for head in layer.get("heads", ()) if isinstance(layer, dict) else ():
+                if isinstance(head, dict):
+                    upgrade(head.get("strategy"), head.get("params"))
+    data["format"] = FORMAT
+    return data
+
+
 def _model(data: Any) -> ModelSpec:
     m = _mapping(data, "model", ("family", "name", "revision", "num_layers", "num_heads", "head_dim"))
     return ModelSpec(_str(m, "family", "model"), _str(m, "name", "model"), _str(m, "revision", "model", True),
@@ -376,8 +440,8 @@ def _model(data: Any) -> ModelSpec:
 
 
 def _calibration(data: Any) -> Calibration:
-    keys = ("prompts", "steps", "frames", "height", "width", "grid", "seed", "sampled_steps", "rows", "objective",
-            "seconds")
+    keys = ("prompts", "steps", "frames", "height", "width", "grid", "tile", "seed", "sampled_steps", "rows",
+            "objective", "seconds")
     c = _mapping(data, "calibration", keys)
     w = "calibration"
     objective = c["objective"]
@@ -389,8 +453,16 @@ def _calibration(data: Any) -> Calibration:
         _int(c, "prompts", w, 1), _int(c, "steps", w, 1), _int(c, "frames", w, 1), _int(c, "height", w, 1),
         _int(c, "width", w, 1), _int_list(c, "grid", w, 3, 1), _int(c, "seed", w),  # type: ignore[arg-type]
         _int_list(c, "sampled_steps", w), _int(c, "rows", w, 1), {key: float(objective[key])},
-        _number(c, "seconds", w),
+        _number(c, "seconds", w), _tile(c, w),
     )
+
+
+def _tile(data: Mapping[str, Any], where: str) -> tuple[int, int, int]:
+    tile = _int_list(data, "tile", where, 3, 1)
+    volume = math.prod(tile)
+    if volume & (volume - 1) or not 16 <= volume <= 256:
+        raise _fail(f"{where}.tile", f"must be (tf, th, tw) with a power-of-two volume in [16, 256], got {list(tile)}")
+    return tile  # type: ignore[return-value]
 
 
 def _schedule(data: Any, model: ModelSpec) -> Schedule:

@@ -1,7 +1,8 @@
 """Achieved attention density per layer and head, recorded from the controller while a pipeline runs.
 
-Definition: for one attention call and one head, the density is the fraction of (query, key) token pairs the call
-computed, over real tokens (`BlockPlan.density`); a call the controller ran dense counts 1, a skipped head 0.
+Definition: for one attention call and one head, the density is the share of a dense call's work the kernel
+computed (`BlockPlan.density`: computed slot pairs, padding included, over real token pairs); a call the controller
+ran dense counts 1, a skipped head 0.
 The density of a (layer, head) is the mean over the calls of that layer (every denoising step, both CFG branches,
 batch entries averaged), so dense warm-up steps are included: it is the fraction of the dense attention work that
 was actually done. `sparse_only` gives the same mean over the sparse calls alone.

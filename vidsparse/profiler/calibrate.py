@@ -281,7 +281,7 @@ def profile_pipeline(
         calibration=Calibration(len(prompts), steps, frames, height, width, layout.grid, seed, tuple(samples), rows,
                                 {"error": float(budget)} if target_speedup is None
                                 else {"target_speedup": float(target_speedup)},
-                                round(time.perf_counter() - started, 3)),
+                                round(time.perf_counter() - started, 3), tile=layout.tile),
         schedule=Schedule(warmup, tuple(sorted(set(schedule.dense_layers) | set(always_dense)))),
         hardware=Hardware(cost_model, _device_name(controller.device), backend_name(backend, controller.device),
                           str(controller.dtype).replace("torch.", ""), layout.seq_len, info.num_heads,

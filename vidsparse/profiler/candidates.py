@@ -1,7 +1,7 @@
 """The candidates the profiler scores for every head: each strategy family over a small parameter grid.
 
-Parameters are in grid units (frames, tiles) and chosen from the layout's tile grid, so the same list makes
-sense at 480p and at 720p. The grid follows the peers' published settings where they exist (DraftAttention keeps
+Parameters are in grid units (frames, tiles of the one runtime tile) and mean the same latent extent at every
+grid, so a choice made at 480p means the same attention at 720p (see `vidsparse.profile`). The grid follows the peers' published settings where they exist (DraftAttention keeps
 10-25% of the draft map; AdaSpa-style recall targets; VMoBA's simsum threshold 0.25) and is kept small:
 every candidate costs one masked softmax over the sampled rows per head and call.
 """
@@ -30,15 +30,14 @@ def default_candidates(layout: VideoLayout, families: Iterable[str] | None = Non
         families: restrict to these strategy names (dense is always included: it is the fallback of every head).
     """
     frames = layout.tile_grid[0]
-    last = max(layout.frames - 1, 0)
     grid: list[tuple[str, dict]] = [
         ("dense", {}),
         ("skip", {}),
         ("diagonal", {"width": 0}),
         ("diagonal", {"width": 1}),
-        ("diagonal", {"width": None, "temporal": last, "column": 0}),
-        ("diagonal", {"width": None, "temporal": last, "column": 1}),
-        ("diagonal", {"width": 0, "temporal": last, "column": 0}),
+        ("diagonal", {"width": None, "temporal": "all", "column": 0}),
+        ("diagonal", {"width": None, "temporal": "all", "column": 1}),
+        ("diagonal", {"width": 0, "temporal": "all", "column": 0}),
         ("stripe", {"first_frames": 1}),
         ("stripe", {"fraction": 0.1}),
         ("stripe", {"fraction": 0.25}),

@@ -96,8 +96,10 @@ def ideal_cost_model(measured: CostModel, layout: VideoLayout) -> CostModel:
 
     For profiling on a machine other than the one the profile is for (e.g. a CPU, where the gather backend is
     slower than dense SDPA at any density): choices then follow computed blocks, and planning times stay measured.
+    A block pair costs what block_size^2 real token pairs cost the dense kernel, so padding slots are charged as
+    the work they are and a plan computing every block costs `layout.padding_ratio` times a dense call.
     """
-    per_block = measured.dense_ms / (measured.heads * layout.num_blocks**2)
+    per_block = measured.dense_ms / (measured.heads * (layout.seq_len / layout.block_size) ** 2)
     return CostModel(measured.dense_ms, 0.0, per_block, measured.heads, measured.points, measured.planning_ms)
 
 

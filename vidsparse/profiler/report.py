@@ -66,7 +66,8 @@ def summary_text(profile: Profile, out: str | Path | None = None) -> str:
         lines.append(f"{layer:>5}  {densities[layer]:7.3f}  {text}")
     lines.append(
         f"dense warm-up {profile.schedule.dense_warmup_steps} of the steps; mean density over the run "
-        f"{s.mean_density:.3f}; mean predicted head error {s.predicted_error:.4f}"
+        f"{s.mean_density:.3f} (computed share of dense attention work, padding included); mean predicted head "
+        f"error {s.predicted_error:.4f}"
     )
     lines.append(f"predicted attention speed-up: {s.predicted_speedup:.2f}x (cost model: {h.cost}, {h.device}, "
                  f"backend {h.backend}, dense call {h.dense_ms:.3g} ms)")

@@ -88,9 +88,17 @@ class Strategy(ABC):
         vmoba cycles its key partition with it. A policy applying one strategy to every layer calls this."""
         return self
 
+    def retiled(self, measured_tile: tuple[int, int, int], tile: tuple[int, int, int]) -> "Strategy":
+        """The strategy with its tile-unit parameters converted from tiles of `measured_tile` to tiles of `tile`,
+        each rounded to the nearest whole tile (at least 1), so it covers about the same latent extent. A profile
+        measured with another tile than the runtime's is applied this way. Strategies with no parameter in tiles
+        return themselves."""
+        return self
+
     @abstractmethod
     def estimate_density(self, layout: VideoLayout) -> float:
-        """Expected fraction of token pairs kept on this layout (exact for static strategies)."""
+        """Expected fraction of a dense call's work the plan computes on this layout (`BlockPlan.density`: slots,
+        padding included); exact for static strategies."""
 
     def params(self) -> dict[str, Any]:
         """Parameters as plain JSON-able data (what a profile stores)."""
@@ -100,6 +108,11 @@ class Strategy(ABC):
         from .union import Union
 
         return Union.of(self, other)
+
+
+def in_tiles(value: int, measured: int, tile: int) -> int:
+    """`value` tiles of `measured` tokens, as the nearest whole number (>= 1) of tiles of `tile` tokens."""
+    return max(1, round(value * measured / tile))
 
 
 def _plain(value: Any) -> Any:

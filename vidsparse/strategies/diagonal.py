@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VideoLayout
-from .base import Strategy, register_strategy, with_dense_text
+from .base import Strategy, in_tiles, register_strategy, with_dense_text
 
 
 ALL_FRAMES = "all"
@@ -93,6 +93,13 @@ class Diagonal(Strategy):
             temporal = layout.frames if self.temporal == ALL_FRAMES else self.temporal
             keep |= frames_within(layout, temporal) & same_column
         return with_dense_text(layout.lower_piece_mask(keep), layout)
+
+    def retiled(self, measured_tile: tuple[int, int, int], tile: tuple[int, int, int]) -> "Diagonal":
+        if self.temporal is None or self.column == 0:
+            return self  # frames are frames; column 0 is the query's own tile column at any tile
+        # The larger of the two axes' conversions, so the kept columns cover at least the measured extent.
+        column = max(in_tiles(self.column, m, t) for m, t in zip(measured_tile[1:], tile[1:]))
+        return Diagonal(self.width, self.temporal, column)
 
     def estimate_density(self, layout: VideoLayout) -> float:
         return self.plan(layout).density()

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VideoLayout
-from .base import Strategy, register_strategy, with_dense_text
+from .base import Strategy, in_tiles, register_strategy, with_dense_text
 
 Triple = tuple[int, int, int]
 
@@ -96,6 +96,15 @@ class Neighborhood(Strategy):
             coord = tiles[:, axis]
             keep &= along[coord[:, None], coord[None, :]]
         return with_dense_text(layout.lower_tile_mask(keep), layout)
+
+    def retiled(self, measured_tile: Triple, tile: Triple) -> "Neighborhood":
+        # A stride or dilation of 1 (sliding, contiguous) stays 1: it is a kind of window, not an extent.
+        window, stride, dilation = (
+            tuple(v if v == 1 and values is not self.window else in_tiles(v, m, t)
+                  for v, m, t in zip(values, measured_tile, tile))
+            for values in (self.window, self.stride, self.dilation)
+        )
+        return Neighborhood(window, tuple(min(s, k) for s, k in zip(stride, window)), dilation)
 
     def estimate_density(self, layout: VideoLayout) -> float:
         return self.plan(layout).density()

@@ -37,6 +37,7 @@ sampled top_k=4 finds the 4 sink tiles from 64 sampled rows at 5/128 density; se
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -147,6 +148,13 @@ class Stripe(Strategy):
         columns = torch.zeros_like(keep_sorted).scatter_(-1, order.indices, keep_sorted)
         columns |= self.fixed_columns(layout).to(q.device)
         return BlockPlan.from_mask(with_dense_text(_with_diagonal(columns), layout), layout=layout)
+
+    def retiled(self, measured_tile: Tile, tile: Tile) -> "Stripe":
+        if not self.tiles:
+            return self
+        # Each tile becomes the tile holding its first latent token.
+        tiles = tuple(tuple(c * m // t for c, m, t in zip(coord, measured_tile, tile)) for coord in self.tiles)
+        return dataclasses.replace(self, tiles=tuple(dict.fromkeys(tiles)))
 
     def estimate_density(self, layout: VideoLayout) -> float:
         if not self.is_dynamic:

@@ -88,6 +88,9 @@ class Union(Strategy):
     def at_layer(self, layer: int) -> "Strategy":
         return Union(tuple(part.at_layer(layer) for part in self.parts))
 
+    def retiled(self, measured_tile: tuple[int, int, int], tile: tuple[int, int, int]) -> "Strategy":
+        return Union(tuple(part.retiled(measured_tile, tile) for part in self.parts))
+
 
 def union_of_plans(plans: list[BlockPlan]) -> BlockPlan:
     """One plan keeping every block pair of any of `plans`; batch-1 and one-head plans are broadcast."""

@@ -11,7 +11,7 @@ import torch
 
 from ..layout import VideoLayout
 from ..plan import BlockPlan
-from .base import Strategy, register_strategy
+from .base import Strategy, in_tiles, register_strategy
 from .pooling import (
     check_qk,
     density_with_text,
@@ -120,6 +120,15 @@ class VMoBA(Strategy):
 
     def at_layer(self, layer: int) -> VMoBA:
         return dataclasses.replace(self, layer=layer) if self.partition == "cycle" else self
+
+    def retiled(self, measured_tile: tuple[int, int, int], tile: tuple[int, int, int]) -> VMoBA:
+        def convert(values: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(in_tiles(v, measured_tile[a], tile[a]) for v, a in zip(values, axes))
+
+        return dataclasses.replace(
+            self, temporal_chunk_size=convert((self.temporal_chunk_size,), (0,))[0],
+            spatial_chunk_size=convert(self.spatial_chunk_size, (1, 2)), st_chunk_size=convert(self.st_chunk_size, (0, 1, 2)),
+        )
 
     def chunk_of_block(self, layout: VideoLayout) -> tuple[torch.Tensor, int]:
         """int64 [Mv] chunk index of every video block, and the number of chunks (those holding a block)."""
