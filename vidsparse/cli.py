@@ -1,10 +1,11 @@
-"""The `vidsparse` command line: `profile`, `inspect`, `eval`, `demo`.
+"""The `vidsparse` command line: `profile`, `inspect`, `eval`, `demo`, `inspect-model`.
 
 Each subcommand lives next to the code it drives and registers itself through `register(subparsers)`, which adds
 its parser and sets `func(args) -> int` (the exit status):
 
 - `vidsparse.profiler.cli`: `profile`, `inspect`
 - `vidsparse.evaluate.cli`: `eval`, `demo`
+- `vidsparse.support`: `inspect-model`
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, support
 from .evaluate import cli as evaluate_cli
 from .profiler import cli as profiler_cli
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     profiler_cli.register(subparsers)
     evaluate_cli.register(subparsers)
+    support.register(subparsers)
     return parser
 
 

@@ -1,0 +1,96 @@
+"""`vidsparse.support.describe_support` and `vidsparse inspect-model`: supported or not, and which modules become
+sparse, checked against what `install` actually patches; model folders are read from configs only (meta device)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from vidsparse.cli import main
+from vidsparse.families import available_families
+from vidsparse.patch import inspect_model, install, uninstall
+from vidsparse.support import describe_support, load_for_inspection
+from vidsparse.testing import tiny_pipeline
+
+
+def patched_names(pipe) -> set[str]:
+    """Names of the modules whose processor `install` really swapped (a processor class named Sparse...)."""
+    install(pipe, lambda call: call.dense())
+    try:
+        return {
+            f"{prefix}.{name}" for prefix in ("transformer", "transformer_2") if getattr(pipe, prefix, None) is not None
+            for name, module in getattr(pipe, prefix).named_modules()
+            if type(getattr(module, "processor", None)).__name__.startswith("Sparse")
+        }
+    finally:
+        uninstall(pipe)
+
+
+def expand(groups) -> int:
+    return sum(group.count for group in groups)
+
+
+@pytest.mark.parametrize("family", available_families())
+def test_sparse_modules_are_the_ones_install_patches(family):
+    pipe = tiny_pipeline(family)
+    report = describe_support(pipe)
+    assert report.supported and report.info == inspect_model(pipe)
+    names = patched_names(pipe)
+    assert expand(report.sparse) == len(names) == report.info.num_layers
+    patterns = [group.pattern.replace(".", r"\.").replace("*", r"\d+") for group in report.sparse]
+    assert all(any(re.fullmatch(pattern, name) for pattern in patterns) for name in names)
+
+
+def test_kandinsky6_audio_and_cross_attention_reported_dense():
+    report = describe_support(tiny_pipeline("kandinsky6"))
+    sparse = [g.pattern for g in report.sparse]
+    assert sparse == ["transformer.visual_transformer_blocks.*.video_dec_block.self_attention"]
+    dense = {g.pattern for g in report.dense}
+    assert "transformer.visual_transformer_blocks.*.audio_dec_block.self_attention" in dense
+    assert "transformer.visual_transformer_blocks.*.video_dec_block.cross_attention" in dense
+
+
+def test_linear_attention_model_is_not_supported_with_the_reason():
+    from diffusers import SanaVideoTransformer3DModel
+
+    transformer = SanaVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+    )
+    report = describe_support(transformer)
+    assert not report.supported and "linear attention" in report.reason
+    assert report.sparse == () and expand(report.dense) == 2
+    assert "not supported" in str(report)
+
+
+def test_describe_support_rejects_what_is_not_a_model():
+    with pytest.raises(ValueError, match="pipeline"):
+        describe_support(object())
+
+
+def test_full_size_model_folder_is_inspected_from_its_config_without_weights(tmp_path):
+    """Wan 2.1 14B's geometry (40 layers, 40 heads of 128): built on the meta device, nothing allocated."""
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
+    (tmp_path / "model_index.json").write_text(json.dumps(
+        {"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+         "vae": ["diffusers", "AutoencoderKLWan"]}))
+    model = load_for_inspection(str(tmp_path))
+    assert next(model.transformer.parameters()).device == torch.device("meta")
+    info = describe_support(model).info
+    assert (info.family, info.num_layers, info.num_heads, info.head_dim) == ("wan", 40, 40, 128)
+
+
+def test_cli_inspect_model(tmp_path, capsys):
+    assert main(["inspect-model", "tiny-kandinsky5", "--variant", "i2v"]) == 0
+    out = capsys.readouterr().out
+    assert "supported (family kandinsky5): 2 self-attention layers" in out
+    assert "sparse: transformer.visual_transformer_blocks.*.self_attention" in out
+    # A transformer folder of a model vidsparse leaves alone: exit status 1 and the reason.
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "SanaVideoTransformer3DModel", "num_layers": 1}))
+    assert main(["inspect-model", str(tmp_path)]) == 1
+    assert "linear attention" in capsys.readouterr().out
+    assert main(["inspect-model", str(tmp_path), "--variant", "i2v"]) == 2  # --variant is for tiny models only
