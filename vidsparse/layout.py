@@ -13,23 +13,27 @@ the blocks that follow the full tiles, and only the last of those blocks is padd
 in the model's order) always go to the end of the working order, padded to whole blocks. Padding slots are never
 attended to as keys, and outputs for them are dropped when going back to the model's order.
 
-Why packing (issue 18, measured by `scripts/tile_padding.py`): the kernel computes whole blocks, padding included,
-so the work of a dense call grows with (slots / tokens)^2. Padding every edge tile to a block cost 1.12x the slots
-(1.25x the FLOPs) at Wan 2.1 480p (21 x 30 x 52) even with the best of seven 128-token tiles, and no tile shape,
-block size (64, 128, 256) or non-power-of-two tile inside a block keeps every common geometry within 1.10x the
-FLOPs (HunyuanVideo 720p: 1.14x at best). Packing keeps every grid within one block of padding (plus the text's
-last block): <= 1.02x the FLOPs on Wan, HunyuanVideo, CogVideoX 1.5, LTX-Video and Mochi geometries. The price is
-locality: a packed block holds pieces of two to four neighbouring edge tiles, so a strategy keeps, for that block,
-the union of what its tiles keep (see `lower_tile_mask`).
+Why packing (issue 18, measured by `scripts/tile_padding.py`, results in `scripts/results/tile_padding.json`):
+the kernel computes whole blocks, padding included, so a dense call costs (slots / tokens)^2 of the real FLOPs.
+Padding every edge tile to a block cost 1.25x at Wan 2.1 480p (21 x 30 x 52) with the best of the seven 128-token
+tiles vidsparse used to choose from, and 1.14-1.27x on Wan 720p, Wan 2.2 TI2V, HunyuanVideo 720p and Mochi. No
+padded tile of 64 or 128 tokens (any shape, dividing the grid or not a power of two inside the block) keeps all
+seven geometries of the issue within 1.10x (HunyuanVideo 720p: 1.11x and 1.14x at best); 256-token blocks do only
+with tiles such as 17 x 3 x 5 or 1 x 3 x 85, which are not neighbourhoods. Packing keeps every grid within one
+block of padding plus the text's last block: <= 1.008x on all seven. The price is locality: a packed block holds
+pieces of several edge tiles, and a static strategy keeps, for that block, what any of its tiles keeps
+(`lower_tile_mask`). A 3 x 3 x 3 tile window then computes 1.00-1.17x its exact token-level density on those
+geometries (padded v1 tiles: 1.00-1.25x); 6-42% of the tokens sit in packed blocks.
 
 The tile is the same at every grid: `DEFAULT_TILE = (1, 8, 16)` (one latent frame, 8 rows, 16 columns; 128 tokens).
 A parameter in tiles (a neighborhood window, a VMoBA chunk) therefore covers the same latent extent at every
 resolution and frame count, and a profile made on one grid means the same attention on another (its file records
 the tile; see `vidsparse.profile`). One frame per tile also keeps frame-based patterns (diagonal bands, first-frame
-stripes) exact to the frame. A layout built with another `tile` is allowed (tests, experiments).
+stripes) exact to the frame on full tiles (a packed block may span a frame edge). A layout built with another `tile` is allowed (tests, experiments).
 
-Static strategies describe what they keep per pair of tiles (a [T, T] mask over the tile grid) and
-`lower_tile_mask` turns it into the kernel's block mask: a block pair is kept when any of their tiles are.
+Static strategies describe what they keep per pair of tiles (a [T, T] mask over the tile grid) or of pieces (a
+block's share of one tile) and `lower_tile_mask` / `lower_piece_mask` turn it into the kernel's block mask: a
+block pair is kept when any of their tiles (pieces) are.
 Dynamic strategies work on blocks directly (pooled over the block's real tokens).
 """
 
