@@ -1,10 +1,12 @@
-"""Every diffusers pipeline class of the Wan (with SkyReels V2), LTX-Video and CogVideoX families runs sparse.
+"""Every diffusers pipeline class of the Wan (with SkyReels V2), LTX-Video, CogVideoX and HunyuanVideo families runs
+sparse.
 
 For each class, a tiny pipeline built from configs (`vidsparse.testing.pipeline_classes`) runs
 1. through vidsparse's kernel at full density (a non-dense strategy whose plan keeps every block): the output must be
    the unpatched pipeline's, so the grid, the token order and the extra tokens are placed as the model has them;
 2. with a sparse plan: every call reaches the controller (no DenseFallbackWarning), on the expected latent grid, and
-   each patched layer's output equals float64 attention masked by the same plan.
+   each patched layer's output equals float64 attention masked by the same plan, and text tokens sit where the
+   family puts them.
 The text-to-video classes (and Wan I2V, HunyuanVideo, Mochi) are covered by test_patch.py and test_families.py.
 """
 
@@ -43,6 +45,19 @@ GRIDS = {
     "CogVideoXImageToVideoPipeline": (3, 16, 16),
     "CogVideoXVideoToVideoPipeline": (3, 16, 16),
     "CogVideoXFunControlPipeline": (3, 16, 16),
+    # HunyuanVideo VAE 4x in time, 8x in space, patch 2: 9 frames at 256 px -> 3 x 16 x 16.
+    "HunyuanSkyreelsImageToVideoPipeline": (3, 16, 16),
+    "HunyuanVideoImageToVideoPipeline": (3, 16, 16),
+}
+
+#: class -> text tokens in the self-attention sequence (absent: none, text is in cross-attention).
+TEXT = {
+    # CogVideoX: the prompt padded to max_sequence_length, first.
+    **{name: ("prefix", {32}) for name in GRIDS if name.startswith("CogVideoX")},
+    # HunyuanVideo: each prompt's valid tokens, last (character tokens + <s>: "a red fox", "blurry"; given embeddings
+    # with 11 and 17 valid tokens).
+    "HunyuanSkyreelsImageToVideoPipeline": ("suffix", {10, 7}),
+    "HunyuanVideoImageToVideoPipeline": ("suffix", {11, 17}),
 }
 
 #: Diffusion forcing steps per-frame copies of the scheduler (deepcopy), which the pipeline-level step tracking does
@@ -84,6 +99,10 @@ def test_pipeline_class_runs_sparse_and_matches_oracle(name):
     out = _run_patched(pipe, call, recorder, target)
     assert torch.isfinite(out).all() and not torch.allclose(out, reference, atol=1e-4)
     assert {call.layout.grid for call, _ in recorder.calls} == _grids(name)
+    position, counts = TEXT.get(name, (None, {0}))
+    assert {call.layout.text_tokens for call, _ in recorder.calls} == counts
+    if position is not None:
+        assert {call.layout.text_position for call, _ in recorder.calls} == {position}
     check_against_oracle(recorder)
 
 

@@ -1,11 +1,15 @@
-"""HunyuanVideo (T2V and the I2V / SkyReels variants built on the same transformer): `HunyuanVideoTransformer3DModel`.
+"""HunyuanVideo (T2V and the I2V / SkyReels variants built on the same transformer) and HunyuanVideo 1.5 (T2V, I2V):
+`HunyuanVideoTransformer3DModel`, `HunyuanVideo15Transformer3DModel`.
 
-Self-attention is joint: video tokens then text tokens in one sequence (text last), in the dual-stream
-`transformer_blocks[i].attn` and the single-stream `single_transformer_blocks[i].attn`, layers numbered in that
-order. Text is padded to `max_sequence_length` and the padded text keys are masked with a boolean key-padding mask
-[B, 1, 1, S]; the runtime trims each batch entry to its valid tokens before planning. The token refiner's attention
-(text only) is not touched. `HunyuanVideoAttnProcessor2_0` calls `dispatch_attention_fn` after the norms and RoPE.
-The grid is the latent [B, C, F, H, W] divided by (patch_size_t, patch_size, patch_size).
+Self-attention is joint: video tokens then conditioning tokens in one sequence (text last), in the dual-stream
+`transformer_blocks[i].attn` and, in HunyuanVideo, the single-stream `single_transformer_blocks[i].attn`, layers
+numbered in that order. Each batch entry's valid conditioning tokens come first and its padding last: HunyuanVideo
+pads the text to `max_sequence_length` and masks the padded keys with a boolean key-padding mask [B, 1, 1, S];
+HunyuanVideo 1.5 orders [valid image, ByT5 and Qwen tokens, then every padded one] and its processor builds the
+square mask valid(query) & valid(key) [B, 1, S, S]. The runtime trims each batch entry to its valid tokens before
+planning. The token refiners' attention (text only) is not touched. `HunyuanVideoAttnProcessor2_0` and
+`HunyuanVideo15AttnProcessor2_0` call `dispatch_attention_fn` after the norms and RoPE. The grid is the latent
+[B, C, F, H, W] divided by (patch_size_t, patch_size, patch_size).
 """
 
 from __future__ import annotations
@@ -20,18 +24,19 @@ from .base import Family, register_family, video_grid_from_5d
 @register_family
 class HunyuanVideo(Family):
     name = "hunyuan"
-    transformer_class_names = ("HunyuanVideoTransformer3DModel",)
+    transformer_class_names = ("HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel")
     text_position = "suffix"
     kernel_global = "dispatch_attention_fn"
 
     def attention_modules(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+        blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", ()))
         return [block.attn for block in blocks]
 
     def processor_types(self) -> tuple[type, ...]:
         from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+        from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
-        return (HunyuanVideoAttnProcessor2_0,)
+        return (HunyuanVideoAttnProcessor2_0, HunyuanVideo15AttnProcessor2_0)
 
     def grid(self, transformer: torch.nn.Module, inputs: dict[str, Any]) -> tuple[int, int, int] | None:
         config = transformer.config

@@ -1,5 +1,6 @@
-"""A tiny runnable pipeline for every diffusers pipeline class of the Wan (with SkyReels V2), LTX-Video and CogVideoX
-families, beyond the text-to-video ones of `pipelines.py`: image-, video- and control-conditioned variants.
+"""A tiny runnable pipeline for every diffusers pipeline class of the Wan (with SkyReels V2), LTX-Video, CogVideoX and
+HunyuanVideo families, beyond the text-to-video ones of `pipelines.py`: image-, video- and control-conditioned
+variants.
 
     pipe, call = tiny_pipeline_of("WanVACEPipeline")
     pipe(**call, output_type="latent")
@@ -68,6 +69,11 @@ def _diffusers(name: str) -> Any:
     import diffusers
 
     return getattr(diffusers, name)
+
+
+def _config(model: Any) -> dict[str, Any]:
+    """A model's config as constructor arguments (without `_use_default_values`, which would reset changed ones)."""
+    return {key: value for key, value in model.config.items() if not key.startswith("_")}
 
 
 # ----- Wan and SkyReels V2 -------------------------------------------------------------------------------------
@@ -191,13 +197,43 @@ def _cogvideox(class_name: str) -> tuple[Any, dict[str, Any]]:
     call: dict[str, Any] = dict(prompt="a red fox", height=256, width=256, num_inference_steps=2, guidance_scale=3.0,
                                 max_sequence_length=32)
     if class_name != "CogVideoXVideoToVideoPipeline":
-        config = dict(base.transformer.config)
+        config = _config(base.transformer)
         config.update(in_channels=2 * config["in_channels"])
-        components["transformer"] = _diffusers("CogVideoXTransformer3DModel").from_config(config).eval()
+        components["transformer"] = _diffusers("CogVideoXTransformer3DModel")(**config).eval()
     if class_name == "CogVideoXImageToVideoPipeline":
         call.update(image=_frames(1, 256)[0], num_frames=9)
     elif class_name == "CogVideoXVideoToVideoPipeline":
         call.update(video=_frames(9, 256), strength=0.9)
     else:
         call.update(control_video=_frames(9, 256))
+    return _diffusers(class_name)(**components), call
+
+
+# ----- HunyuanVideo ---------------------------------------------------------------------------------------------
+@_builder("HunyuanSkyreelsImageToVideoPipeline", "HunyuanVideoImageToVideoPipeline")
+def _hunyuan_i2v(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """HunyuanVideoPipeline's components with the image latents concatenated to the input channels (SkyReels: noise +
+    image; HunyuanVideo-I2V "latent_concat": noise + image + a first-frame mask channel)."""
+    from .pipelines import TINY_CALL
+
+    base = tiny_pipeline("hunyuan")
+    components = dict(base.components)
+    config = _config(base.transformer)
+    latent = config["in_channels"]
+    call: dict[str, Any] = dict(height=256, width=256, num_frames=9, num_inference_steps=2,
+                                image=_frames(1, 256)[0], true_cfg_scale=2.0)
+    if class_name == "HunyuanSkyreelsImageToVideoPipeline":
+        config.update(in_channels=2 * latent)
+        call.update(prompt="a red fox", negative_prompt="blurry", prompt_template=TINY_CALL["hunyuan"]["prompt_template"],
+                    max_sequence_length=40)
+    else:
+        # The Llava text encoder reads the image with the prompt; its outputs are given instead (text padded to 24
+        # tokens, 11 and 17 of them valid), and the pipeline needs neither the encoder nor its image processor.
+        config.update(in_channels=2 * latent + 1, image_condition_type="latent_concat")
+        components.update(text_encoder=None, tokenizer=None, image_processor=None)
+        for prefix, valid in (("", 11), ("negative_", 17)):
+            call[f"{prefix}prompt_embeds"] = torch.randn(1, 24, config["text_embed_dim"])
+            call[f"{prefix}pooled_prompt_embeds"] = torch.randn(1, config["pooled_projection_dim"])
+            call[f"{prefix}prompt_attention_mask"] = (torch.arange(24) < valid)[None].long()
+    components["transformer"] = _diffusers("HunyuanVideoTransformer3DModel")(**config).eval()
     return _diffusers(class_name)(**components), call
