@@ -1,7 +1,8 @@
 """Padding of the token layout on the models' real latent grids: which tile rule keeps dense work within 10%.
 
 The kernel computes whole blocks, padding slots included, so a dense call costs (slots / tokens)^2 of the real
-attention FLOPs. For each geometry of issue 18 (text tokens included where the family puts them in the sequence)
+attention FLOPs. For each geometry of issue 18 (`vidsparse.testing.geometries`, text tokens included where the
+family puts them in the sequence)
 this prints, per rule, that ratio at full density and, as a price in locality, the computed density of a
 neighborhood window of 3 x 3 x 3 tiles over the exact density of the same window at token level (1.0 = no
 overhead; padding and packed blocks both raise it). Rules:
@@ -29,19 +30,8 @@ import torch
 from vidsparse import VideoLayout
 from vidsparse.strategies import get
 from vidsparse.strategies.neighborhood import window_along_axis
+from vidsparse.testing.geometries import MODEL_GEOMETRIES
 
-#: name -> (frames, height, width, text tokens, text position): issue 18's geometries, grids as diffusers computes
-#: them (CogVideoX 1.5 pads 21 latent frames to 22 for its temporal patch of 2; text: CogVideoX 226 prefix tokens,
-#: HunyuanVideo and Mochi 256 suffix tokens; Wan and LTX keep text in cross-attention).
-GEOMETRIES = {
-    "Wan 2.1 480p x 81": (21, 30, 52, 0, "suffix"),
-    "Wan 2.1 720p x 81": (21, 45, 80, 0, "suffix"),
-    "Wan 2.2 TI2V-5B 1280x704 x 121": (31, 22, 40, 0, "suffix"),
-    "HunyuanVideo 720p x 129": (33, 45, 80, 256, "suffix"),
-    "CogVideoX 1.5 1360x768 x 81": (11, 48, 85, 226, "prefix"),
-    "LTX-Video 768x512 x 121": (16, 16, 24, 0, "suffix"),
-    "Mochi 848x480 x 163": (28, 30, 53, 256, "suffix"),
-}
 V1_TILES = ((2, 8, 8), (1, 8, 16), (1, 16, 8), (4, 4, 8), (4, 8, 4), (2, 4, 16), (2, 16, 4))
 TARGET = 1.10
 
@@ -93,7 +83,7 @@ def packed_row(grid, text, position, tile) -> dict:
 
 def main() -> None:
     rows = []
-    for name, (frames, height, width, text, position) in GEOMETRIES.items():
+    for name, (frames, height, width, text, position) in MODEL_GEOMETRIES.items():
         grid = (frames, height, width)
         v1 = min(V1_TILES, key=lambda t: tile_counts(grid, t))
         rules = {"v1 padded": padded_row(grid, text, v1, 128)}

@@ -10,20 +10,9 @@ from hypothesis import strategies as st
 from vidsparse import BlockPlan, PlanError, VideoLayout
 from vidsparse.attention import expand_plan
 from vidsparse.layout import DEFAULT_TILE
+from vidsparse.testing.geometries import MODEL_GEOMETRIES
 
 TILES = [(1, 4, 4), (2, 4, 2), (2, 2, 4), (1, 8, 16), (2, 8, 8), (4, 2, 2)]
-
-#: The geometries of issue 18, with the text tokens each family puts in the attention sequence:
-#: name -> (frames, height, width, text_tokens, text_position).
-MODEL_GEOMETRIES = {
-    "Wan 2.1 480p x 81": (21, 30, 52, 0, "suffix"),
-    "Wan 2.1 720p x 81": (21, 45, 80, 0, "suffix"),
-    "Wan 2.2 TI2V-5B 1280x704 x 121": (31, 22, 40, 0, "suffix"),
-    "HunyuanVideo 720p x 129": (33, 45, 80, 256, "suffix"),
-    "CogVideoX 1.5 1360x768 x 81": (11, 48, 85, 226, "prefix"),
-    "LTX-Video 768x512 x 121": (16, 16, 24, 0, "suffix"),
-    "Mochi 848x480 x 163": (28, 30, 53, 256, "suffix"),
-}
 
 
 def _expected_block_of_token(layout: VideoLayout) -> torch.Tensor:
