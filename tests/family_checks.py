@@ -6,6 +6,7 @@
   attention masked by the plan (the oracle of tests/test_patch.py), and the layout of every call has the expected
   grid and text tokens, placed where the family puts them.
 - `check_dense_reproduces`: patched at density 1, the pipeline's output equals the unpatched one.
+- `check_pipeline_class`: `run_sparse` and `check_layers` on the tiny pipeline of (family, variant).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import vidsparse
 from test_patch import SPARSE, check_against_oracle, sparse_recorder
 from vidsparse.patch import DenseFallbackWarning, inspect_model, install, uninstall
+from vidsparse.testing import tiny_call, tiny_pipeline
 
 
 PROMPT = "a red fox running in the snow"
@@ -79,3 +81,11 @@ def check_dense_reproduces(pipe: Any, call: dict[str, Any]) -> None:
         vidsparse.unpatch(pipe)
     assert controller.stats["dense_calls"] > 0
     torch.testing.assert_close(dense, reference, rtol=1e-5, atol=1e-6)
+
+
+def check_pipeline_class(family: str, variant: str | None, **expected: Any) -> list:
+    """The tiny pipeline of (family, variant) runs sparse without fallback and matches the oracle layer by layer;
+    `expected`: the keyword arguments of `check_layers` (grid, text_tokens, text_position)."""
+    pipe, call = tiny_pipeline(family, variant=variant), tiny_call(family, variant)
+    run_sparse(pipe, call)
+    return check_layers(pipe, call, **expected)

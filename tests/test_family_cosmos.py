@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from family_checks import check_dense_reproduces, check_layers, run_sparse
+from family_checks import check_dense_reproduces, check_pipeline_class
 from test_patch import check_against_oracle, sparse_recorder
 from vidsparse.patch import install, uninstall
 from vidsparse.testing import tiny_call, tiny_pipeline
@@ -28,9 +28,7 @@ GRIDS = {
 
 @pytest.mark.parametrize("variant", list(GRIDS))
 def test_cosmos_pipeline_runs_sparse_and_layers_match_oracle(variant):
-    pipe, call = tiny_pipeline("cosmos", variant=variant), tiny_call("cosmos", variant)
-    run_sparse(pipe, call)
-    check_layers(pipe, call, grid=GRIDS[variant])
+    check_pipeline_class("cosmos", variant, grid=GRIDS[variant])
 
 
 def test_cosmos_dense_patch_reproduces():
@@ -38,7 +36,7 @@ def test_cosmos_dense_patch_reproduces():
 
 
 def test_cosmos_transfer_transformer_patches_self_attention_only():
-    """Transfer 2.5: image-context cross-attention (CosmosAttnProcessor2_5) and controlnet residuals stay as they are."""
+    """Transfer 2.5: the image-context cross-attention (CosmosAttnProcessor2_5) and controlnet residuals stay."""
     from diffusers import CosmosTransformer3DModel
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from family_checks import check_dense_reproduces, check_layers, run_sparse
+from family_checks import check_dense_reproduces, check_pipeline_class
 from test_patch import check_against_oracle, sparse_recorder
 from vidsparse.patch import install, uninstall
 from vidsparse.testing import tiny_call, tiny_pipeline
@@ -24,9 +24,7 @@ from vidsparse.testing.pipelines_easyanimate import TEXT_DIM, TEXT_TOKENS
 
 @pytest.mark.parametrize("variant, grid", [("t2v", (3, 16, 16)), ("inpaint", (2, 16, 16))])
 def test_easyanimate_pipeline_runs_sparse_and_layers_match_oracle(variant, grid):
-    pipe, call = tiny_pipeline("easyanimate", variant=variant), tiny_call("easyanimate", variant)
-    run_sparse(pipe, call)
-    check_layers(pipe, call, grid=grid, text_tokens={TEXT_TOKENS}, text_position="prefix")
+    check_pipeline_class("easyanimate", variant, grid=grid, text_tokens={TEXT_TOKENS}, text_position="prefix")
 
 
 def test_easyanimate_dense_patch_reproduces():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from family_checks import check_dense_reproduces, check_layers, run_sparse
+from family_checks import check_dense_reproduces, check_pipeline_class
 from test_patch import check_against_oracle, sparse_recorder
 from vidsparse.patch import install, uninstall
 from vidsparse.testing import tiny_call, tiny_pipeline
@@ -19,9 +19,7 @@ KANDINSKY5 = {"t2v": (5, 16, 16), "i2v": (5, 16, 16), "t2i": (1, 64, 64), "i2i":
 
 @pytest.mark.parametrize("variant", list(KANDINSKY5))
 def test_kandinsky5_pipeline_runs_sparse_and_layers_match_oracle(variant):
-    pipe, call = tiny_pipeline("kandinsky5", variant=variant), tiny_call("kandinsky5", variant)
-    run_sparse(pipe, call)
-    check_layers(pipe, call, grid=KANDINSKY5[variant])
+    check_pipeline_class("kandinsky5", variant, grid=KANDINSKY5[variant])
 
 
 def test_kandinsky5_dense_patch_reproduces():
@@ -34,9 +32,7 @@ KANDINSKY6 = {"t2v": (3, 16, 16), "i2v": (4, 16, 16)}
 
 @pytest.mark.parametrize("variant", list(KANDINSKY6))
 def test_kandinsky6_pipeline_runs_sparse_and_layers_match_oracle(variant):
-    pipe, call = tiny_pipeline("kandinsky6", variant=variant), tiny_call("kandinsky6", variant)
-    run_sparse(pipe, call)
-    check_layers(pipe, call, grid=KANDINSKY6[variant])
+    check_pipeline_class("kandinsky6", variant, grid=KANDINSKY6[variant])
 
 
 def test_kandinsky6_with_audio_patches_the_video_stream_only():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from family_checks import check_dense_reproduces, check_layers, run_sparse
+from family_checks import check_dense_reproduces, check_pipeline_class
 from test_patch import check_against_oracle, sparse_recorder
 from vidsparse.patch import install, uninstall
 from vidsparse.testing import tiny_call, tiny_pipeline
@@ -20,9 +20,8 @@ from vidsparse.testing.pipelines_motif import TEXT_DIM, VALID_TEXT
 
 @pytest.mark.parametrize("variant", ["t2v", "i2v"])
 def test_motif_pipeline_runs_sparse_and_layers_match_oracle(variant):
-    pipe, call = tiny_pipeline("motif", variant=variant), tiny_call("motif", variant)
-    run_sparse(pipe, call)
-    calls = check_layers(pipe, call, grid=(3, 16, 16), text_tokens=set(VALID_TEXT), text_position="suffix")
+    calls = check_pipeline_class("motif", variant, grid=(3, 16, 16), text_tokens=set(VALID_TEXT),
+                                 text_position="suffix")
     assert {c.layout.text_tokens for c in calls} == set(VALID_TEXT)
 
 

@@ -308,6 +308,15 @@ def _mochi(variant: str | None, overrides: dict[str, Any]) -> Any:
     )
 
 
+def check_variant(family: str, variant: str | None, variants: tuple[str, ...]) -> str:
+    """`variant`, or the first of `variants` when it is None (ValueError naming the accepted ones otherwise)."""
+    if variant is None:
+        return variants[0]
+    if variant not in variants:
+        raise ValueError(f"{family} variant must be one of {variants}, got {variant!r}")
+    return variant
+
+
 def _no_variant(family: str, variant: str | None) -> None:
     if variant is not None:
         raise ValueError(f"{family} has no variants, got {variant!r}")

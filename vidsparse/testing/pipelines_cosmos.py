@@ -15,7 +15,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .pipelines import _t5_encoder, _t5_tokenizer, _wan_vae, conditioning_image, register_builder
+from .pipelines import _t5_encoder, _t5_tokenizer, _wan_vae, check_variant, conditioning_image, register_builder
 
 #: variant -> pipeline class name.
 COSMOS_VARIANTS = {
@@ -47,7 +47,7 @@ class PassThroughSafetyChecker(ModelMixin, ConfigMixin):
 def cosmos_call(variant: str | None) -> dict[str, Any]:
     """Latent grids of several tiles: 1.0 (VAE 8x in time, 8x in space here) 9 frames at 256 px -> 2 x 16 x 16
     tokens; 2.x (Wan VAE 4x, 8x) 9 frames at 256 px -> 3 x 16 x 16; text-to-image 1 x 16 x 16."""
-    variant = variant or "text2world"
+    variant = check_variant("cosmos", variant, tuple(COSMOS_VARIANTS))
     call = dict(height=256, width=256, num_inference_steps=2, guidance_scale=1.0)
     if variant != "2-text2image":
         call["num_frames"] = 9
@@ -69,9 +69,7 @@ def _cosmos(variant: str | None, overrides: dict[str, Any]) -> Any:
         UniPCMultistepScheduler,
     )
 
-    variant = variant or "text2world"
-    if variant not in COSMOS_VARIANTS:
-        raise ValueError(f"cosmos variant must be one of {tuple(COSMOS_VARIANTS)}, got {variant!r}")
+    variant = check_variant("cosmos", variant, tuple(COSMOS_VARIANTS))
     # Video-to-world and Predict 2.x videos condition through a mask channel (+1). The released models also
     # concatenate a padding-mask channel, resized with torchvision (not a vidsparse dependency): off here (a channel,
     # not a token, so the token grid is the same).

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .pipelines import register_builder
+from .pipelines import check_variant, register_builder
 
 TEXT_DIM, TEXT_TOKENS = 32, 12
 
@@ -29,7 +29,7 @@ def easyanimate_call(variant: str | None) -> dict[str, Any]:
 
     inpaint: 5 frames (a 2 x 16 x 16 grid: the VAE encodes the video and its mask on every call), the first one
     given, the rest to generate (image-to-video); control: a control video."""
-    variant = variant or "t2v"
+    variant = check_variant("easyanimate", variant, tuple(EASYANIMATE_VARIANTS))
     generator = torch.Generator().manual_seed(7)
     call = dict(num_frames=5 if variant == "inpaint" else 9, height=256, width=256, num_inference_steps=2,
                 guidance_scale=1.0,
@@ -50,9 +50,7 @@ def _easyanimate(variant: str | None, overrides: dict[str, Any]) -> Any:
     import diffusers
     from diffusers import AutoencoderKLMagvit, EasyAnimateTransformer3DModel, FlowMatchEulerDiscreteScheduler
 
-    variant = variant or "t2v"
-    if variant not in EASYANIMATE_VARIANTS:
-        raise ValueError(f"easyanimate variant must be one of {tuple(EASYANIMATE_VARIANTS)}, got {variant!r}")
+    variant = check_variant("easyanimate", variant, tuple(EASYANIMATE_VARIANTS))
     pipeline_class, in_channels = EASYANIMATE_VARIANTS[variant]
     # The first block is MMDiT-style (separate text projections), the second shares them with the video.
     # The mask is VAE-encoded like the video (resize_inpaint_mask_directly=False): diffusers 0.42.1's inpaint

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .pipelines import register_builder, conditioning_image
+from .pipelines import check_variant, conditioning_image, register_builder
 
 TEXT_DIM, POOLED_DIM, TEXT_TOKENS = 32, 16, 7
 
@@ -63,7 +63,7 @@ def kandinsky5_call(variant: str | None) -> dict[str, Any]:
 
     Image-to-video renormalizes the first 4 latent frames against the next ones, so videos need 5 latent frames.
     The image variants resize any size to a supported one (1024 x 1024 at least: a 1 x 64 x 64 grid)."""
-    variant = variant or "t2v"
+    variant = check_variant("kandinsky5", variant, tuple(KANDINSKY5_VARIANTS))
     call = dict(num_inference_steps=2, guidance_scale=1.0, **kandinsky_text_inputs())
     if variant.endswith("v"):
         call.update(num_frames=17, height=256, width=256)
@@ -79,9 +79,7 @@ def _kandinsky5(variant: str | None, overrides: dict[str, Any]) -> Any:
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5Transformer3DModel
 
-    variant = variant or "t2v"
-    if variant not in KANDINSKY5_VARIANTS:
-        raise ValueError(f"kandinsky5 variant must be one of {tuple(KANDINSKY5_VARIANTS)}, got {variant!r}")
+    variant = check_variant("kandinsky5", variant, tuple(KANDINSKY5_VARIANTS))
     # Image-conditioned variants take the image as channels: noise, condition latents, condition mask.
     config = dict(_KANDINSKY5_TRANSFORMER, visual_cond=variant.startswith("i"), **overrides)
     return getattr(diffusers, KANDINSKY5_VARIANTS[variant])(
@@ -101,7 +99,7 @@ _KANDINSKY6_TRANSFORMER = dict(
 
 def kandinsky6_call(variant: str | None) -> dict[str, Any]:
     """Video only (no audio VAE in the tiny pipeline): "t2v" or "i2v" (reference image appended as a frame)."""
-    variant = variant or "t2v"
+    variant = check_variant("kandinsky6", variant, ("t2v", "i2v"))
     text = kandinsky_text_inputs()
     call = dict(num_frames=9, height=256, width=256, num_inference_steps=2, guidance_scale=1.0, sample_audio=False,
                 prompt_embeds=text["prompt_embeds_qwen"], pooled_prompt_embeds=text["prompt_embeds_clip"])
@@ -115,8 +113,7 @@ def _kandinsky6(variant: str | None, overrides: dict[str, Any]) -> Any:
     """Kandinsky6TI2VAPipeline; the variants ("t2v", "i2v") differ only in the call (an image or not)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky6TI2VAPipeline, Kandinsky6Transformer3DModel
 
-    if variant not in (None, "t2v", "i2v"):
-        raise ValueError(f"kandinsky6 variant must be 't2v' or 'i2v', got {variant!r}")
+    check_variant("kandinsky6", variant, ("t2v", "i2v"))
     return Kandinsky6TI2VAPipeline(
         transformer=Kandinsky6Transformer3DModel(**dict(_KANDINSKY6_TRANSFORMER, **overrides)).eval(),
         vae=_video_vae(), text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .pipelines import _wan_vae, conditioning_image, register_builder
+from .pipelines import _wan_vae, check_variant, conditioning_image, register_builder
 
 TEXT_DIM, TEXT_TOKENS = 32, 12
 #: Valid tokens of the prompt and of the negative prompt (the rest is padding).
@@ -30,7 +30,7 @@ def _text(valid: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.T
 
 def motif_call(variant: str | None) -> dict[str, Any]:
     """9 frames at 256 px: latent 3 x 32 x 32 (Wan VAE 4x in time, 8x in space), patch 2 -> a 3 x 16 x 16 grid."""
-    variant = variant or "t2v"
+    variant = check_variant("motif", variant, tuple(MOTIF_VARIANTS))
     generator = torch.Generator().manual_seed(7)
     (embeds, mask), (negative, negative_mask) = (_text(valid, generator) for valid in VALID_TEXT)
     call = dict(num_frames=9, height=256, width=256, num_inference_steps=2, prompt_embeds=embeds,
@@ -46,9 +46,7 @@ def _motif(variant: str | None, overrides: dict[str, Any]) -> Any:
     import diffusers
     from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, MotifVideoTransformer3DModel
 
-    variant = variant or "t2v"
-    if variant not in MOTIF_VARIANTS:
-        raise ValueError(f"motif variant must be one of {tuple(MOTIF_VARIANTS)}, got {variant!r}")
+    variant = check_variant("motif", variant, tuple(MOTIF_VARIANTS))
     # Input channels: noise latents, first-frame condition latents, condition mask (zeros for text-to-video).
     config = dict(in_channels=4 + 4 + 1, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
                   num_single_layers=2, patch_size=2, patch_size_t=1, text_embed_dim=TEXT_DIM, rope_axes_dim=(4, 6, 6))
