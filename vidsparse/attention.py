@@ -14,6 +14,7 @@ Backends:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Protocol
 
 import torch
@@ -81,6 +82,11 @@ def block_sparse_attention(
         [B, H, Sq, D] in the model's order; rows of skipped heads are zero.
     """
     check_inputs(q, k, v, plan)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                              or not math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number (or None for 1/sqrt(head_dim)), got {scale!r}")
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be a str, one of {available_backends()}, got {backend!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     name = resolve_backend(backend, q.device)
     return _BACKENDS[name](q, k, v, plan.to(q.device), scale)
@@ -88,6 +94,8 @@ def block_sparse_attention(
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor [B, H, S, D], got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be [B, H, S, D], got shape {tuple(t.shape)}")
     if k.shape != v.shape:
@@ -100,6 +108,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockP
         raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not isinstance(plan, BlockPlan):
+        raise ValueError(f"plan must be a vidsparse BlockPlan, got {type(plan).__name__}")
     b, h, sq, _ = q.shape
     if h != plan.num_heads:
         raise ValueError(f"q has {h} heads but the plan has {plan.num_heads}")

@@ -12,9 +12,12 @@ controller in `vidsparse.controller`; this module chooses the policy from the ar
 
 from __future__ import annotations
 
+import numbers
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
+from .attention import available_backends
 from .controller import DenseSchedule, HeadPolicy, ScheduledPolicy, SparseController, StrategyPolicy
 from .runtime import (
     AttentionCall,
@@ -87,7 +90,7 @@ def patch(
     *,
     strategy: str | tuple[str, dict[str, Any]] | Strategy | None = None,
     dense_warmup_steps: int | float | None = None,
-    dense_layers: Iterable[int] | None = None,
+    dense_layers: int | Iterable[int] | None = None,
     backend: str = "auto",
 ) -> SparseController:
     """Make a diffusers video pipeline (or transformer) use sparse self-attention. Returns the controller.
@@ -100,7 +103,8 @@ def patch(
             Strategy object.
         dense_warmup_steps: dense steps at the start (int count, or float fraction in [0, 1) of the steps).
             Default: the profile's schedule, else 0.2.
-        dense_layers: layers kept dense. Default: the profile's schedule, else the first layer of each transformer.
+        dense_layers: layers kept dense (one index or several). Default: the profile's schedule, else the first
+            layer of each transformer.
         backend: attention backend for the sparse calls ("auto", "triton", "flex", "gather", "reference").
 
     With neither profile nor strategy, `default_strategy()` applies (no profiling needed). Patching twice, a
@@ -108,6 +112,9 @@ def patch(
     """
     if profile is not None and strategy is not None:
         raise ValueError("give either profile or strategy, not both")
+    dense_layers = _layer_indices(dense_layers)
+    if not isinstance(backend, str) or backend not in available_backends():
+        raise ValueError(f"backend must be one of {available_backends()}, got {backend!r}")
     if installed_controller(pipe_or_transformer) is not None:
         raise PatchError("this pipeline is already patched by vidsparse; call vidsparse.unpatch(...) first")
     info = inspect_model(pipe_or_transformer)  # raises PatchError for unsupported models before anything else
@@ -124,6 +131,20 @@ def patch(
 def unpatch(pipe_or_transformer: Any) -> None:
     """Undo `patch`: processors, hooks and scheduler exactly as before."""
     uninstall(pipe_or_transformer)
+
+
+def _layer_indices(layers: Any) -> tuple[int, ...] | None:
+    """`dense_layers` as a user may give it: None, one layer index, or an iterable of indices (not a str)."""
+    if layers is None:
+        return None
+    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+        return (int(layers),)
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise ValueError(f"dense_layers must be a layer index or an iterable of layer indices, got {layers!r}")
+    layers = tuple(layers)
+    if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in layers):
+        raise ValueError(f"dense_layers must be integer layer indices, got {list(layers)!r}")
+    return tuple(int(i) for i in layers)
 
 
 def _schedule(info: ModelInfo, warmup: int | float | None, layers: Iterable[int] | None) -> DenseSchedule:
