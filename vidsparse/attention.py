@@ -23,7 +23,11 @@ from .plan import BlockPlan
 
 
 class Backend(Protocol):
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float) -> torch.Tensor: ...
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float, *,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The attention output [B, H, Sq, D] in the model's order, written into `out` (any strides) when given."""
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -92,6 +96,25 @@ def block_sparse_attention(
     return _BACKENDS[name](q, k, v, plan.to(q.device), scale)
 
 
+def run_plan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: BlockPlan,
+    *,
+    scale: float | None,
+    backend: str,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`block_sparse_attention` on the per-call path, for plans vidsparse built for these tensors itself.
+
+    Nothing is checked (the checks are host-side and the plan is on q's device already). With `out` ([B, H, Sq, D],
+    any strides, e.g. a view of the [B, S, H, D] buffer the model expects), the result is written there.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return _BACKENDS[resolve_backend(backend, q.device)](q, k, v, plan, scale, out=out)
+
+
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -133,18 +156,22 @@ def to_working_order(x: torch.Tensor, plan: BlockPlan) -> torch.Tensor:
     return x if perm is None else x.index_select(2, perm)
 
 
-def from_working_order(out: torch.Tensor, plan: BlockPlan) -> torch.Tensor:
-    """Inverse of `to_working_order` for outputs: drops padding slots."""
-    inv = plan.inverse_permutation(out.device)
-    return out if inv is None else out.index_select(2, inv)
+def from_working_order(x: torch.Tensor, plan: BlockPlan, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of `to_working_order` for outputs: drops padding slots (written into `out` when given)."""
+    inv = plan.inverse_permutation(x.device)
+    if out is None:
+        return x if inv is None else x.index_select(2, inv)
+    return out.copy_(x) if inv is None else torch.index_select(x, 2, inv, out=out)
 
 
 @register_backend("reference")
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float) -> torch.Tensor:
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with the plan's token mask, computed in q's dtype in query-row chunks."""
     b, h, sq, _ = q.shape
     sk = k.shape[2]
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     # Bound the [B, H, rows, Sk] score matrix to about 2^26 elements per chunk.
     rows = max(1, min(sq, (1 << 26) // max(1, b * h * sk)))
     qb = plan.q_block_of_token(q.device)

@@ -12,20 +12,23 @@ schedule. The dense warm-up default follows the peers: the first ~20% of denoisi
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Hashable, Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 
-from .attention import block_sparse_attention
+from .attention import run_plan
 from .layout import VideoLayout
 from .plan import BlockPlan
 from .runtime import AttentionCall
 from .strategies import Strategy
 from .strategies.dense import Dense
+from .strategies.reuse import PlanCache
 
 #: Step count assumed for a fractional warm-up when the number of steps is unknown (bare transformer).
 ASSUMED_NUM_STEPS = 50
@@ -86,7 +89,11 @@ class DenseSchedule:
 
 @dataclass(frozen=True)
 class StrategyPolicy:
-    """One strategy for every head of every layer, outside the dense schedule."""
+    """One strategy for every head of every layer, outside the dense schedule.
+
+    The strategy is specialised to each layer with `Strategy.at_layer` (VMoBA cycles its key partition 1D -> 2D
+    -> 3D across layers; most strategies are the same everywhere).
+    """
 
     strategy: Strategy
     schedule: DenseSchedule = field(default_factory=DenseSchedule)
@@ -94,7 +101,12 @@ class StrategyPolicy:
     def strategies(self, step: int | None, num_steps: int | None, layer: int, num_heads: int) -> list[Strategy] | None:
         if self.schedule.is_dense(step, num_steps, layer):
             return None
-        return [self.strategy] * num_heads
+        return [_at_layer(self.strategy, layer)] * num_heads
+
+
+@functools.lru_cache(maxsize=1024)
+def _at_layer(strategy: Strategy, layer: int) -> Strategy:
+    return strategy.at_layer(layer)
 
 
 @dataclass(frozen=True)
@@ -111,23 +123,40 @@ class ScheduledPolicy:
 
 
 class SparseController:
-    """Runs a HeadPolicy: plans each layer call and computes it with `block_sparse_attention`.
+    """Runs a HeadPolicy: plans each layer call and computes it with the block-sparse backend.
 
-    Static per-head plans are concatenated into one plan per (layout, strategies, device) and cached; dynamic
-    strategies are planned on every call from the call's q and k (heads sharing one dynamic strategy are planned
-    together). A call whose heads are all dense runs the model's own dense kernel.
+    The per-call path is built for a GPU: it never reads device memory back to the host and never uploads host
+    data, so the CPU can queue a whole denoising step ahead of the device.
+    - Static heads: one plan per (layout, strategies, device), validated when first built, then cached on the
+      device with its density.
+    - Dynamic heads (draft, sampled stripe, vmoba, blockified): heads sharing a strategy are planned together
+      from the call's q and k; each group's plan is copied into one preallocated [B, H, Mq, Mk] plan per
+      (layout, strategies, batch, device) whose static heads were filled in once. Plans a strategy may reuse
+      (`Strategy.reusable`, e.g. blockified for `refresh_every` steps) are kept per call site (layer, CFG branch,
+      heads) in `reuse` and searched again only when they expire.
+    - A call whose heads are all dense runs the model's own dense kernel.
 
     Attributes:
-        stats: counters of this controller's calls: "dense_calls", "sparse_calls", and "density_sum" (sum over
-            sparse calls of the plan's mean density), for reports.
+        stats: counters for reports: "dense_calls", "sparse_calls", and "density_sum" (sum over sparse calls of
+            the plan's mean density); reading it waits for the device once.
+        reuse: the PlanCache of reusable dynamic plans (`plans_made` / `plans_reused` count searches and reuses).
     """
 
     def __init__(self, policy: HeadPolicy, backend: str = "auto", *, cache_size: int = 128) -> None:
         self.policy = policy
         self.backend = backend
         self.cache_size = cache_size
-        self._plans: OrderedDict[tuple, BlockPlan] = OrderedDict()
-        self.stats = {"dense_calls": 0, "sparse_calls": 0, "density_sum": 0.0}
+        self.reuse = PlanCache()
+        self._assembled: OrderedDict[tuple, _LayerPlan] = OrderedDict()
+        self._dense_calls = 0
+        self._sparse_calls = 0
+        self._density_sum: float | torch.Tensor = 0.0  # a device scalar once a dynamic plan ran
+        self._static_density: float | None = None  # of the plan `plan` returned last, if static
+
+    @property
+    def stats(self) -> dict[str, int | float]:
+        return {"dense_calls": self._dense_calls, "sparse_calls": self._sparse_calls,
+                "density_sum": float(self._density_sum)}
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         num_heads = call.q.shape[1]
@@ -135,40 +164,102 @@ class SparseController:
         if strategies is not None and call.heads is not None:  # this rank's heads under head-parallel CP
             strategies = strategies[call.heads.start : call.heads.stop]
         if strategies is None or all(isinstance(s, Dense) for s in strategies):
-            self.stats["dense_calls"] += 1
+            self._dense_calls += 1
             return call.dense()
         if len(strategies) != num_heads:
             raise ValueError(f"policy gave {len(strategies)} strategies for layer {call.layer} with {num_heads} heads")
-        plan = self.plan(call.layout, strategies, call.q, call.k)
-        self.stats["sparse_calls"] += 1
-        self.stats["density_sum"] += plan.density()
-        return block_sparse_attention(call.q, call.k, call.v, plan, scale=call.scale, backend=self.backend)
+        plan = self.plan(call.layout, strategies, call.q, call.k, site=(call.layer, call.branch), step=call.step)
+        self._sparse_calls += 1
+        # Static plans know their density on the host; a dynamic one adds a device scalar (read when asked).
+        density = self._static_density if self._static_density is not None else plan.density(per_head=True).mean()
+        self._density_sum = self._density_sum + density
+        return run_plan(call.q, call.k, call.v, plan, scale=call.scale, backend=self.backend, out=call.out)
 
     def plan(
-        self, layout: VideoLayout, strategies: Sequence[Strategy], q: torch.Tensor, k: torch.Tensor
+        self,
+        layout: VideoLayout,
+        strategies: Sequence[Strategy],
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        site: Hashable = None,
+        step: int | None = None,
     ) -> BlockPlan:
-        """The layer's plan: one head per strategy, on q's device."""
+        """The layer's plan: one head per strategy, on q's device.
+
+        `site` names the call site (layer, CFG branch) for plans a strategy may reuse at later `step`s.
+        """
         strategies = tuple(strategies)
-        if not any(s.is_dynamic for s in strategies):
-            key = (layout, strategies, str(q.device))
-            if key in self._plans:
-                self._plans.move_to_end(key)
-                return self._plans[key]
-            plan = BlockPlan.concat_heads([s.plan(layout) for s in strategies]).to(q.device)
-            self._plans[key] = plan
-            if len(self._plans) > self.cache_size:
-                self._plans.popitem(last=False)
-            return plan
-        per_head: list[BlockPlan | None] = [None] * len(strategies)
-        groups: dict[Strategy, list[int]] = {}
+        layer_plan = self._layer_plan(layout, strategies, q)
+        self._static_density = layer_plan.static_density
+        if layer_plan.whole is not None:  # one dynamic strategy on every head: its plan is the layer's
+            return self.reuse.plan(layer_plan.whole, layout, q, k, key=(site, "all"), step=step)
+        if not layer_plan.groups:
+            return layer_plan.plan
+        counts, indices = layer_plan.plan.kv_counts, layer_plan.plan.kv_indices
+        for strategy, heads, index in layer_plan.groups:
+            group = self.reuse.plan(strategy, layout, q, k, key=(site, heads), step=step, heads=index)
+            counts.index_copy_(1, index, group.kv_counts.expand(counts.shape[0], -1, -1))
+            group_indices = group.kv_indices
+            if group_indices.shape[-1] < indices.shape[-1]:
+                group_indices = F.pad(group_indices, (0, indices.shape[-1] - group_indices.shape[-1]))
+            indices.index_copy_(1, index, group_indices.expand(indices.shape[0], -1, -1, -1))
+        return layer_plan.plan
+
+    def _layer_plan(self, layout: VideoLayout, strategies: tuple[Strategy, ...], q: torch.Tensor) -> _LayerPlan:
+        dynamic = any(s.is_dynamic for s in strategies)
+        key = (layout, strategies, q.device, q.shape[0] if dynamic else None)
+        layer_plan = self._assembled.get(key)
+        if layer_plan is None:
+            layer_plan = self._assembled[key] = _LayerPlan.build(layout, strategies, q.shape[0], q.device)
+            if len(self._assembled) > self.cache_size:
+                self._assembled.popitem(last=False)
+        else:
+            self._assembled.move_to_end(key)
+        return layer_plan
+
+
+@dataclass
+class _LayerPlan:
+    """The preassembled plan of one (layout, strategies[, batch], device).
+
+    Attributes:
+        plan: the layer's plan; for layers with dynamic heads its tensors are the buffers each call fills
+            (None with `whole`).
+        groups: (dynamic strategy, its heads, their indices on the device) per distinct dynamic strategy.
+        whole: the dynamic strategy when a single one covers every head (no buffer: its plan is the layer's).
+        static_density: the plan's mean density when it has no dynamic head (computed once).
+    """
+
+    plan: BlockPlan | None
+    groups: list[tuple[Strategy, tuple[int, ...], torch.Tensor]]
+    whole: Strategy | None = None
+    static_density: float | None = None
+
+    @classmethod
+    def build(cls, layout: VideoLayout, strategies: tuple[Strategy, ...], batch: int, device: torch.device) -> _LayerPlan:
+        heads_of: dict[Strategy, list[int]] = {}
         for head, strategy in enumerate(strategies):
             if strategy.is_dynamic:
-                groups.setdefault(strategy, []).append(head)
-            else:
-                per_head[head] = strategy.plan(layout)
-        for strategy, heads in groups.items():
-            index = torch.tensor(heads, device=q.device)
-            group_plan = strategy.plan(layout, q.index_select(1, index), k.index_select(1, index))
-            for position, head in enumerate(heads):
-                per_head[head] = group_plan.select_heads([position])
-        return BlockPlan.concat_heads([p.to(q.device) for p in per_head])  # type: ignore[union-attr]
+                heads_of.setdefault(strategy, []).append(head)
+        static = {head: s.plan(layout) for head, s in enumerate(strategies) if not s.is_dynamic}
+        if not heads_of:
+            plan = BlockPlan.concat_heads([static[h] for h in range(len(strategies))]).to(device)
+            return cls(plan, [], static_density=plan.density())
+        groups = [(s, tuple(heads), torch.tensor(heads, device=device)) for s, heads in heads_of.items()]
+        if len(groups) == 1 and not static:
+            return cls(None, groups, whole=groups[0][0])
+        mq, mk = layout.num_blocks, layout.num_blocks
+        counts = torch.zeros(batch, len(strategies), mq, dtype=torch.int32)
+        indices = torch.zeros(batch, len(strategies), mq, mk, dtype=torch.int32)
+        skip = torch.zeros(len(strategies), dtype=torch.bool)
+        for head, p in static.items():
+            counts[:, head] = p.kv_counts[0, 0]
+            indices[:, head, :, : p.max_kv_blocks] = p.kv_indices[0, 0]
+            if p.skip_heads is not None:
+                skip[head] = p.skip_heads[0]
+        plan = BlockPlan(
+            counts.to(device), indices.to(device), layout.block_size, layout.block_size, layout.seq_len,
+            layout.seq_len, layout=layout, skip_heads=skip.to(device), check=False,  # filled per call by `plan`
+        )
+        return cls(plan, groups)

@@ -16,12 +16,17 @@ working order is the tile order with padding slots, and the plan carries the lay
 
 A head listed in `skip_heads` computes nothing and outputs zeros (Sparse-vDiT's skipped heads). Anywhere
 else a query block with no key block is an error, never a silent NaN.
+
+Validation reads the plan back to the host (a device sync), so it runs where plans enter from outside: every
+plan is validated on construction unless its builder passes `check=False`. Only vidsparse's own planners do, on
+the per-call path (dynamic strategies, the controller's per-layer assembly), where the plan is valid by
+construction and a sync per call would stall the GPU.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import torch
 
@@ -43,9 +48,11 @@ class BlockPlan:
     layout: VideoLayout | None = None
     skip_heads: torch.Tensor | None = None
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    check: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
-        self.validate()
+    def __post_init__(self, check: bool) -> None:
+        if check:
+            self.validate()
 
     # ----- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -59,10 +66,15 @@ class BlockPlan:
         kv_len: int | None = None,
         layout: VideoLayout | None = None,
         skip_heads: torch.Tensor | None = None,
+        max_kv_blocks: int | None = None,
+        check: bool = True,
     ) -> BlockPlan:
         """Plan from a block-level boolean mask [B, H, Mq, Mk] (True = compute this block pair).
 
         With a layout, block sizes and lengths come from it; otherwise all four must be given.
+        `max_kv_blocks` fixes the width Kmax of `kv_indices` (default: the largest count, which reads the mask's
+        counts back to the host; pass Mk on the per-call path). `check=False` skips validation (see the module
+        docstring): the counts and indices are valid by construction, only rows left empty are not caught.
         """
         if mask.dtype != torch.bool or mask.dim() != 4:
             raise PlanError(f"from_mask: mask must be a bool tensor [B, H, Mq, Mk], got {mask.dtype} {tuple(mask.shape)}")
@@ -72,11 +84,14 @@ class BlockPlan:
         if None in (block_q, block_k, q_len, kv_len):
             raise PlanError("from_mask: give block_q, block_k, q_len and kv_len, or a layout")
         counts = mask.sum(-1, dtype=torch.int32)
-        kmax = max(int(counts.max()) if counts.numel() else 0, 1)
+        if max_kv_blocks is None:
+            kmax = max(int(counts.max()) if counts.numel() else 0, 1)
+        else:
+            kmax = min(max_kv_blocks, mask.shape[-1])
         # A stable descending sort of the mask lists each row's True columns first, in ascending order.
         order = torch.sort(mask.to(torch.int8), dim=-1, descending=True, stable=True).indices
         indices = order[..., :kmax].to(torch.int32).contiguous()
-        return cls(counts, indices, block_q, block_k, q_len, kv_len, layout=layout, skip_heads=skip_heads)
+        return cls(counts, indices, block_q, block_k, q_len, kv_len, layout=layout, skip_heads=skip_heads, check=check)
 
     # ----- shape -----------------------------------------------------------------------------------------
     @property
@@ -263,7 +278,7 @@ class BlockPlan:
         return BlockPlan.from_mask(
             self.to_block_mask() | other.to_block_mask().to(self.device),
             block_q=self.block_q, block_k=self.block_k, q_len=self.q_len, kv_len=self.kv_len,
-            layout=self.layout, skip_heads=skip,
+            layout=self.layout, skip_heads=skip, check=False,  # every row keeps what either valid plan keeps
         )
 
     @staticmethod
@@ -295,7 +310,7 @@ class BlockPlan:
         skip = None
         if any(p.skip_heads is not None for p in plans):
             skip = torch.cat([p._skip_mask(device) for p in plans])
-        return BlockPlan(counts.contiguous(), indices.contiguous(), *key, skip_heads=skip)
+        return BlockPlan(counts.contiguous(), indices.contiguous(), *key, skip_heads=skip, check=False)  # valid heads
 
     def select_heads(self, heads: torch.Tensor | list[int]) -> BlockPlan:
         """The plan restricted to some heads, in the given order (for head-parallel ranks or head groups)."""
@@ -303,7 +318,7 @@ class BlockPlan:
         skip = None if self.skip_heads is None else self.skip_heads.to(self.device)[idx]
         return BlockPlan(
             self.kv_counts[:, idx].contiguous(), self.kv_indices[:, idx].contiguous(), self.block_q, self.block_k,
-            self.q_len, self.kv_len, layout=self.layout, skip_heads=skip,
+            self.q_len, self.kv_len, layout=self.layout, skip_heads=skip, check=False,  # heads of a valid plan
         )
 
     def to(self, device: torch.device | str) -> BlockPlan:
@@ -312,7 +327,7 @@ class BlockPlan:
         skip = None if self.skip_heads is None else self.skip_heads.to(device)
         return BlockPlan(
             self.kv_counts.to(device), self.kv_indices.to(device), self.block_q, self.block_k, self.q_len,
-            self.kv_len, layout=self.layout, skip_heads=skip,
+            self.kv_len, layout=self.layout, skip_heads=skip, check=False,  # a copy of a valid plan
         )
 
     def __repr__(self) -> str:

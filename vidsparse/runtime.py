@@ -4,15 +4,19 @@ How a call flows, for one patched self-attention module:
 
 1. A forward pre-hook on the transformer reads the latent grid (F, H, W) of the call from its inputs (the family
    adapter knows the patch sizes), and, for a bare transformer, the timestep.
-2. The module's processor is replaced by an instance of a subclass of its own class whose `__call__` runs the
-   *original* processor code object with one global name rebound (`dispatch_attention_fn`, or `F` for processors
-   that call `F.scaled_dot_product_attention` directly). So diffusers still computes the projections, the norms
-   and RoPE; only the attention kernel call lands in vidsparse.
-3. The intercepted call becomes an `AttentionCall` (q, k, v as [B, H, S, D] in the model's order, a VideoLayout,
-   the layer index and the denoising step) and goes to the controller, which returns the attention output.
-   Anything vidsparse cannot represent exactly (dropout, causal, an unexpected sequence length, a mask that is
-   not a key-padding mask) runs the original kernel unchanged, with a warning once. Calls under diffusers'
-   context parallelism go through `vidsparse.parallel` (Ulysses: this rank's heads over the whole sequence).
+2. The module's processor is replaced by a patched copy (`vidsparse.attention_op`) whose `__call__` runs the
+   original processor code with the attention kernel call rebound to `torch.ops.vidsparse.attention`, one opaque op
+   for torch.compile. diffusers still computes the projections, the norms and RoPE.
+3. Inside the op, the installation turns the call into an `AttentionCall` (q, k, v as [B, H, S, D] in the model's
+   order, a VideoLayout, the layer, the denoising step and CFG branch) and hands it to the controller, which
+   returns the attention output. Anything vidsparse cannot represent exactly (dropout, causal, an unexpected
+   sequence length, a mask that is not a key-padding mask) runs the original kernel unchanged, with a warning once.
+   Calls under diffusers' context parallelism go through `vidsparse.parallel` (Ulysses: this rank's heads over the
+   whole sequence).
+4. If a patched module's processor is replaced after `patch` (`set_attn_processor`, `fuse_qkv_projections`), the
+   next forward warns once, naming the layers that now run without vidsparse; `unpatch` and `patch` again to
+   re-install. A patched processor that escapes (saved by the user, put back after `unpatch`) runs the model's own
+   kernel.
 
 Key-padding masks (HunyuanVideo pads text and masks the padded keys for every query): the batch is split by
 valid length, the controller sees each group trimmed to its valid tokens (padded keys dropped, which is exactly
@@ -30,8 +34,7 @@ number of steps is unknown (None).
 from __future__ import annotations
 
 import functools
-import inspect
-import types
+import itertools
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -40,10 +43,11 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from .attention_op import LIVE, KernelCall, in_call_layout, sparse_processor
 from .families import Family, find_family, get_family, supported_classes
 from .families.base import bind_forward_inputs
 from .layout import VideoLayout
-from .parallel import context_parallel_attention, head_shard
+from .parallel import head_shard
 
 
 class DenseFallbackWarning(UserWarning):
@@ -70,6 +74,10 @@ class AttentionCall:
             trimmed away by the runtime before the controller is called).
         heads, total_heads: under head-parallel context parallelism (see vidsparse.parallel), the global indices of
             q/k/v's heads and the model's head count; None when q/k/v hold all heads.
+        branch: which transformer call of this denoising step this is (0, then 1 for the second classifier-free
+            guidance pass of pipelines that run the two separately): plans reused across steps are kept per branch.
+        out: where the controller may write the output ([B, H, S, D] view of the buffer the model gets back),
+            None to return a new tensor.
     """
 
     layer: int
@@ -83,6 +91,8 @@ class AttentionCall:
     attention_mask: torch.Tensor | None = None
     heads: range | None = None
     total_heads: int | None = None
+    branch: int = 0
+    out: torch.Tensor | None = field(default=None, repr=False)
     _dense: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     def dense(self) -> torch.Tensor:
@@ -95,31 +105,6 @@ class AttentionCall:
 class AttentionController(Protocol):
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         """The attention output for `call`, [B, H, S, D] in the model's order."""
-
-
-# ----- the two calling conventions of attention kernels in diffusers ----------------------------------------
-def _sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
-    """Signature of torch.nn.functional.scaled_dot_product_attention (a builtin without introspectable one)."""
-
-
-@dataclass(frozen=True)
-class _Convention:
-    """How an intercepted kernel takes its arguments: parameter names and tensor layout."""
-
-    signature: inspect.Signature
-    sequence_dim: int  # 1: [B, S, H, D] (diffusers' dispatch_attention_fn), 2: [B, H, S, D] (SDPA)
-
-    def to_bhsd(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.sequence_dim == 2 else x.transpose(1, 2)
-
-    def from_bhsd(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.sequence_dim == 2 else x.transpose(1, 2)
-
-
-def _convention(kernel_global: str, original: Callable) -> _Convention:
-    if kernel_global == "F":
-        return _Convention(inspect.signature(_sdpa_signature), sequence_dim=2)
-    return _Convention(inspect.signature(original), sequence_dim=1)
 
 
 # ----- step tracking -------------------------------------------------------------------------------------------
@@ -242,7 +227,7 @@ class _PatchedTransformer:
     family: Family
     grid: tuple[int, int, int] | None = None
     hook: Any = None
-    swapped: list[tuple[torch.nn.Module, Any]] = field(default_factory=list)
+    swapped: list[tuple[torch.nn.Module, Any, Any, int]] = field(default_factory=list)  # module, original, ours, layer
 
 
 # Installations by transformer (weak: a patched transformer that is garbage collected leaves nothing behind).
@@ -352,14 +337,42 @@ def uninstall(pipe_or_transformer: Any) -> None:
         installation.remove()
 
 
+class BypassWarning(UserWarning):
+    """A patched layer's attention processor was replaced after `patch`: that layer runs without vidsparse."""
+
+
+@dataclass(frozen=True)
+class _KeyPadding:
+    """A boolean key-padding mask over a valid prefix, read once per transformer forward (it is shared by layers).
+
+    Attributes:
+        min_length, full: the shortest valid prefix, and whether every key is valid (the mask masks nothing).
+        groups: (valid length, batch rows with that length) for each distinct length.
+    """
+
+    min_length: int
+    full: bool
+    groups: tuple[tuple[int, torch.Tensor], ...]
+
+
+_INSTALLATION_KEYS = itertools.count(1)
+
+
 class _Installation:
+    """Everything one `install` changed, and what runs inside `torch.ops.vidsparse.attention` for its layers."""
+
     def __init__(self, targets: list[_Target], tracker: Any, controller: AttentionController) -> None:
+        self.key = next(_INSTALLATION_KEYS)
         self.targets = targets
         self.tracker = tracker
         self.controller = controller
         self.models = [_PatchedTransformer(t.transformer, t.family) for t in targets]
+        self.model_of_layer = [model for t, model in zip(targets, self.models) for _ in t.modules]
+        self.bypassed: set[int] = set()  # layers whose processor the user replaced after patching
         self._warned: set[str] = set()
         self._layouts: dict[tuple, VideoLayout] = {}
+        self._branch, self._branch_step = 0, _MISSING
+        self._masks: dict[int, tuple[torch.Tensor, _KeyPadding | None]] = {}  # id -> (mask, what it is)
 
     # -- install / remove -------------------------------------------------------------------------------
     def apply(self) -> None:
@@ -370,26 +383,31 @@ class _Installation:
                 )
                 for index, module in enumerate(target.modules):
                     original = module.processor
-                    module.processor = self._sparse_processor(original, model, target.layer_offset + index)
-                    model.swapped.append((module, original))
+                    layer = target.layer_offset + index
+                    module.processor = sparse_processor(original, model.family.kernel_global, self.key, layer)
+                    model.swapped.append((module, original, module.processor, layer))
             self.tracker.attach()
         except BaseException:
             self._undo()
             raise
+        LIVE[self.key] = self
         for model in self.models:
             _INSTALLED[model.transformer] = self
 
     def remove(self) -> None:
         self._undo()
+        LIVE.pop(self.key, None)  # processors that escaped now run the original kernel
         for model in self.models:
             _INSTALLED.pop(model.transformer, None)
 
     def _undo(self) -> None:
         self.tracker.detach()
         for model in self.models:
-            for module, original in reversed(model.swapped):
+            for module, original, installed, _ in reversed(model.swapped):
+                if module.processor is not installed:
+                    continue  # replaced by the user after patching: theirs stays
                 # Keep attribute changes made through the wrapper (e.g. set_attention_backend) on the original.
-                for name, value in vars(module.processor).items():
+                for name, value in vars(installed).items():
                     if not name.startswith("_vidsparse_"):
                         setattr(original, name, value)
                 module.processor = original
@@ -398,39 +416,31 @@ class _Installation:
                 model.hook.remove()
                 model.hook = None
 
-    def _sparse_processor(self, original: Any, model: _PatchedTransformer, layer: int) -> Any:
-        cls = type(original)
-        kernel_name = model.family.kernel_global
-        call = cls.__call__
-        original_kernel = call.__globals__[kernel_name]
-        if kernel_name == "F":
-            original_kernel = original_kernel.scaled_dot_product_attention
-        slot = _Slot(self, model, layer, original_kernel, _convention(kernel_name, original_kernel))
-        replacement: Any = slot
-        if kernel_name == "F":
-            # A copy of torch.nn.functional whose scaled_dot_product_attention is the slot: F.pad etc. unchanged.
-            replacement = types.ModuleType(F.__name__)
-            replacement.__dict__.update(F.__dict__)
-            replacement.scaled_dot_product_attention = slot
-        rebound_globals = dict(call.__globals__)
-        rebound_globals[kernel_name] = replacement
-        # A code object of its own: torch.compile caches compiled frames per code object, and a cache entry made for
-        # the original processor refers to names in the original globals.
-        code = call.__code__.replace()
-        rebound = types.FunctionType(code, rebound_globals, call.__name__, call.__defaults__, call.__closure__)
-        rebound.__kwdefaults__ = call.__kwdefaults__
-        processor = object.__new__(_sparse_class(cls))
-        processor.__dict__.update(vars(original))
-        processor._vidsparse_call = rebound
-        processor._vidsparse_layer = layer
-        return processor
-
-    # -- per call ---------------------------------------------------------------------------------------
+    # -- per transformer forward ---------------------------------------------------------------------------
     @torch.compiler.disable
     def _pre_hook(self, model: _PatchedTransformer, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         inputs = bind_forward_inputs(module, args, kwargs)
         model.grid = model.family.grid(module, inputs)
         self.tracker.observe(inputs)
+        step = self.tracker.current()[0]
+        if step is not None and step == self._branch_step:
+            self._branch += 1
+        else:
+            self._branch, self._branch_step = 0, step
+        self._masks.clear()
+        self._check_processors(model)
+
+    def _check_processors(self, model: _PatchedTransformer) -> None:
+        replaced = [layer for module, _, installed, layer in model.swapped
+                    if module.processor is not installed and layer not in self.bypassed]
+        if replaced:
+            self.bypassed.update(replaced)
+            warnings.warn(
+                f"vidsparse: the attention processor of layer(s) {replaced} of {type(model.transformer).__name__} was "
+                f"replaced after vidsparse.patch (set_attn_processor, fuse_qkv_projections, ...); those layers now run "
+                f"without vidsparse. Call vidsparse.unpatch(...) and vidsparse.patch(...) again to make them sparse.",
+                BypassWarning, stacklevel=2,
+            )
 
     def warn_once(self, reason: str, layer: int) -> None:
         """One warning per reason (not per layer: a 60-layer model would repeat it 60 times a step)."""
@@ -438,7 +448,7 @@ class _Installation:
             self._warned.add(reason)
             warnings.warn(
                 f"vidsparse: {reason} (layer {layer}, and any other layer where it recurs); running the model's "
-                f"dense attention", DenseFallbackWarning, stacklevel=4,
+                f"dense attention", DenseFallbackWarning, stacklevel=2,
             )
 
     def layout(self, grid: tuple[int, int, int], text_tokens: int, text_position: str | None) -> VideoLayout:
@@ -447,148 +457,101 @@ class _Installation:
             self._layouts[key] = VideoLayout(*grid, text_tokens=text_tokens, text_position=text_position or "suffix")
         return self._layouts[key]
 
-
-def _sparse_class(cls: type) -> type:
-    """Subclass of a processor class whose `__call__` runs the rebound copy of the original `__call__`."""
-    if cls not in _SPARSE_CLASSES:
-
-        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return self._vidsparse_call(self, *args, **kwargs)
-
-        # diffusers' Attention.forward filters kwargs by the processor's signature: keep the original one.
-        __call__.__signature__ = inspect.signature(cls.__call__)
-        _SPARSE_CLASSES[cls] = type(f"Sparse{cls.__name__}", (cls,), {"__call__": __call__, "__module__": __name__})
-    return _SPARSE_CLASSES[cls]
-
-
-_SPARSE_CLASSES: dict[type, type] = {}
-
-
-class _Slot:
-    """Stands in for the attention kernel inside one patched processor."""
-
-    def __init__(
-        self, installation: _Installation, model: _PatchedTransformer, layer: int, original: Callable,
-        convention: _Convention,
-    ) -> None:
-        self.installation = installation
-        self.model = model
-        self.layer = layer
-        self.original = original
-        self.convention = convention
-
-    @torch.compiler.disable
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        bound = self.convention.signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        if bound.arguments.get("parallel_config") is not None:
-            # Context parallelism: diffusers' all-to-all, then this kernel again on this rank's heads.
-            return context_parallel_attention(self, bound.arguments)
-        q, k, v = (self.convention.to_bhsd(bound.arguments[name]) for name in ("query", "key", "value"))
-        prepared = self._prepare(bound.arguments, q, k, v)
+    # -- per attention call (inside torch.ops.vidsparse.attention) ----------------------------------------------
+    def __call__(self, layer: int, call: KernelCall) -> torch.Tensor:
+        q, k, v = call.bhsd(call.query), call.bhsd(call.key), call.bhsd(call.value)
+        model = self.model_of_layer[layer]
+        prepared = self._prepare(model, call.attn_mask, q, k, v)
         if isinstance(prepared, str):
-            self.installation.warn_once(prepared, self.layer)
-            return self.original(*args, **kwargs)
-        layout, lengths = prepared
-        if lengths is None:
-            out = self._run(bound, q, k, v, layout, None)
+            self.warn_once(prepared, layer)
+            return in_call_layout(call, call.original())
+        layout, padding = prepared
+        out = call.new_output()
+        if padding is None:
+            self._run(layer, call, q, k, v, layout, call.bhsd(out))
         else:
-            out = self._run_padded(bound, q, k, v, layout, lengths)
-        return self.convention.from_bhsd(out)
+            self._run_padded(layer, call, q, k, v, layout, padding, call.bhsd(out))
+        return out
 
     def _prepare(
-        self, arguments: dict, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[VideoLayout, torch.Tensor | None] | str:
-        """(layout, valid key lengths or None) of a call vidsparse can run, or why it cannot."""
-        reason = self._unsupported(arguments, q, k, v)
-        if reason is not None:
-            return reason
-        layout = self._layout(q.shape[2])
-        if isinstance(layout, str):
-            return layout
-        mask = arguments["attn_mask"]
-        if mask is None:
-            return layout, None
-        lengths = _key_prefix_lengths(mask, q.shape[0], q.shape[2])
-        if lengths is None:
-            return "the attention mask is not a boolean key-padding mask over a valid prefix"
-        if bool((lengths == q.shape[2]).all()):
-            return layout, None
-        if layout.text_position != "suffix" or int(lengths.min()) < layout.num_video_tokens:
-            return "the attention mask masks video tokens"
-        return layout, lengths
-
-    def _unsupported(self, arguments: dict, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
-        if arguments.get("dropout_p", 0.0):
-            return "attention dropout is on"
-        if arguments.get("is_causal", False):
-            return "causal attention"
-        if arguments.get("attention_kwargs"):
-            return "backend-specific attention_kwargs were given"
+        self, model: _PatchedTransformer, mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[VideoLayout, _KeyPadding | None] | str:
+        """(layout, key padding or None) of a call vidsparse can run, or why it cannot."""
         if q.shape[1] != k.shape[1] or q.shape[2] != k.shape[2] or k.shape != v.shape:
             return f"q {tuple(q.shape)} / k {tuple(k.shape)} is not one self-attention over the same tokens"
-        return None
+        layout = self._layout(model, q.shape[2])
+        if isinstance(layout, str) or mask is None:
+            return layout if isinstance(layout, str) else (layout, None)
+        padding = self._key_padding(mask, q.shape[0], q.shape[2])
+        if padding is None:
+            return "the attention mask is not a boolean key-padding mask over a valid prefix"
+        if padding.full:
+            return layout, None
+        if layout.text_position != "suffix" or padding.min_length < layout.num_video_tokens:
+            return "the attention mask masks video tokens"
+        return layout, padding
 
-    def _layout(self, seq_len: int) -> VideoLayout | str:
-        grid = self.model.grid
-        family = self.model.family
+    def _layout(self, model: _PatchedTransformer, seq_len: int) -> VideoLayout | str:
+        grid = model.grid
         if grid is None:
             return "the latent grid of this call is unknown"
         text = seq_len - grid[0] * grid[1] * grid[2]
-        if text < 0 or (text > 0 and family.text_position is None):
+        if text < 0 or (text > 0 and model.family.text_position is None):
             return f"sequence length {seq_len} does not match the latent grid {grid}"
-        return self.installation.layout(grid, text, family.text_position if text else None)
+        return self.layout(grid, text, model.family.text_position if text else None)
 
-    def _call_original(self, bound: inspect.BoundArguments, q, k, v, mask) -> torch.Tensor:
-        arguments = dict(bound.arguments)
-        arguments.update(
-            query=self.convention.from_bhsd(q), key=self.convention.from_bhsd(k), value=self.convention.from_bhsd(v),
-            attn_mask=mask,
-        )
-        call = inspect.BoundArguments(self.convention.signature, arguments)
-        return self.convention.to_bhsd(self.original(*call.args, **call.kwargs))
+    def _key_padding(self, mask: torch.Tensor, batch: int, seq_len: int) -> _KeyPadding | None:
+        """The mask read once per forward: every layer gets the same mask object, and reading it syncs."""
+        cached = self._masks.get(id(mask))
+        if cached is None or cached[0] is not mask:
+            cached = self._masks[id(mask)] = (mask, _read_key_padding(mask, batch, seq_len))
+        return cached[1]
 
-    def _run(self, bound, q, k, v, layout: VideoLayout, mask) -> torch.Tensor:
-        step, num_steps = self.installation.tracker.current()
+    def _run(
+        self, layer: int, call: KernelCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout,
+        out: torch.Tensor,
+    ) -> None:
+        step, num_steps = self.tracker.current()
         shard = head_shard()
-        call = AttentionCall(
-            layer=self.layer, step=step, num_steps=num_steps, q=q, k=k, v=v, layout=layout,
-            scale=bound.arguments.get("scale"), attention_mask=mask,
-            heads=shard.heads if shard else None, total_heads=shard.total if shard else None,
-            _dense=functools.partial(self._call_original, bound, q, k, v, mask),
+        attention_call = AttentionCall(
+            layer=layer, step=step, num_steps=num_steps, q=q, k=k, v=v, layout=layout, scale=call.scale,
+            heads=shard.heads if shard else None, total_heads=shard.total if shard else None, branch=self._branch,
+            out=out, _dense=functools.partial(call.original, q, k, v, None),
         )
-        out = self.installation.controller(call)
-        if not isinstance(out, torch.Tensor) or out.shape != q.shape:
+        result = self.controller(attention_call)
+        if not isinstance(result, torch.Tensor) or result.shape != q.shape:
             raise RuntimeError(
-                f"vidsparse controller returned {getattr(out, 'shape', type(out).__name__)} for layer {self.layer}, "
+                f"vidsparse controller returned {getattr(result, 'shape', type(result).__name__)} for layer {layer}, "
                 f"expected {tuple(q.shape)}"
             )
-        return out
+        if result is not out:
+            out.copy_(result)
 
-    def _run_padded(self, bound, q, k, v, layout: VideoLayout, lengths: torch.Tensor) -> torch.Tensor:
+    def _run_padded(
+        self, layer: int, call: KernelCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout,
+        padding: _KeyPadding, out: torch.Tensor,
+    ) -> None:
         """Split the batch by valid length; padded query rows go through the model's kernel with its mask."""
-        out = torch.empty_like(q)
-        mask = bound.arguments["attn_mask"]
+        mask = call.attn_mask
         full_mask = (mask if mask.dim() == 4 else mask[:, None, None, :]).expand(q.shape[0], 1, 1, q.shape[2])
-        for length in sorted(set(lengths.tolist())):
-            rows = torch.nonzero(lengths == length).squeeze(1)
+        family = self.model_of_layer[layer].family
+        for length, rows in padding.groups:
             qg, kg, vg = q[rows], k[rows], v[rows]
             text = length - layout.num_video_tokens
-            group_layout = self.installation.layout(layout.grid, text, self.model.family.text_position if text else None)
-            out[rows, :, :length] = self._run(
-                bound, qg[:, :, :length], kg[:, :, :length], vg[:, :, :length], group_layout, None
-            )
+            group_layout = self.layout(layout.grid, text, family.text_position if text else None)
+            group_out = torch.empty_like(qg[:, :, :length])
+            self._run(layer, call, qg[:, :, :length], kg[:, :, :length], vg[:, :, :length], group_layout, group_out)
+            out[rows, :, :length] = group_out
             if length < q.shape[2]:
-                out[rows, :, length:] = self._call_original(bound, qg[:, :, length:], kg, vg, full_mask[rows])
-        return out
+                out[rows, :, length:] = call.original(qg[:, :, length:], kg, vg, full_mask[rows])
 
 
-def _key_prefix_lengths(mask: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
-    """Valid key count per batch element if `mask` is a boolean key-padding mask whose valid keys are a prefix.
+def _read_key_padding(mask: torch.Tensor, batch: int, seq_len: int) -> _KeyPadding | None:
+    """`mask` as a key-padding mask over a valid prefix (a few host reads), None if it is anything else.
 
-    Accepted shapes: [B, S] or [B, 1, 1, S] (broadcast over heads and queries), as HunyuanVideo builds it.
+    Accepted: boolean [B, S] or [B, 1, 1, S] (broadcast over heads and queries), as HunyuanVideo builds it.
     """
-    if mask is None or mask.dtype != torch.bool:
+    if mask.dtype != torch.bool:
         return None
     if mask.dim() == 2:
         mask = mask[:, None, None, :]
@@ -597,4 +560,11 @@ def _key_prefix_lengths(mask: torch.Tensor | None, batch: int, seq_len: int) -> 
     keys = mask.expand(batch, 1, 1, seq_len)[:, 0, 0]
     lengths = keys.sum(-1)
     prefix = torch.arange(seq_len, device=keys.device) < lengths[:, None]
-    return lengths if torch.equal(keys, prefix) else None
+    if not torch.equal(keys, prefix):
+        return None
+    host = lengths.tolist()
+    groups = tuple(
+        (length, torch.tensor([i for i, n in enumerate(host) if n == length], device=mask.device))
+        for length in sorted(set(host))
+    )
+    return _KeyPadding(min(host), min(host) == seq_len, groups)

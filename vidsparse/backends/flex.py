@@ -73,12 +73,14 @@ def _build_block_mask(plan: BlockPlan, device: torch.device) -> BlockMask:
 
 
 @register_backend("flex")
-def flex_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float) -> torch.Tensor:
+def flex_backend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     block_mask = plan_block_mask(plan, q.device)
     qw, kw, vw = (to_working_order(x, plan) for x in (q, k, v))
     with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-        out = _compiled_flex_attention()(qw, kw, vw, block_mask=block_mask, scale=scale)
+        result = _compiled_flex_attention()(qw, kw, vw, block_mask=block_mask, scale=scale)
     if plan.skip_heads is not None:
         # Rows with no key block are not guaranteed to be zero in every FlexAttention build.
-        out = out.masked_fill(plan.skip_heads.to(q.device)[None, :, None, None], 0.0)
-    return from_working_order(out, plan)
+        result = result.masked_fill(plan.skip_heads.to(q.device)[None, :, None, None], 0.0)
+    return from_working_order(result, plan, out)

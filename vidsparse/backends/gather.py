@@ -36,7 +36,9 @@ def _blocked(x: torch.Tensor, blocks: int, block: int) -> torch.Tensor:
 
 
 @register_backend("gather")
-def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float) -> torch.Tensor:
+def gather_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     b, h, _, d = q.shape
     bq, bk = plan.block_q, plan.block_k
     mq, mk = plan.num_q_blocks, plan.num_kv_blocks
@@ -66,12 +68,12 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Bl
         torch.stack([set_width, set_size, ragged.any(1).long()], 1), dim=0, return_inverse=True
     )
 
-    out = torch.empty_like(q_rows)
+    rows_out = torch.empty_like(q_rows)
     for kind, (width, size, has_padding) in enumerate(kinds.tolist()):
         members_of_kind = torch.nonzero(kind_of_set == kind).squeeze(1)
         rows = rows_by_set[set_start[members_of_kind].unsqueeze(1) + torch.arange(size, device=device)]  # [sets, size]
         if width == 0:  # rows of skipped heads
-            out.index_fill_(0, rows.reshape(-1), 0.0)
+            rows_out.index_fill_(0, rows.reshape(-1), 0.0)
             continue
         step = max(1, _CHUNK_ELEMENTS // (width * bk * d))
         for chunk, chunk_rows in zip(members_of_kind.split(step), rows.split(step)):
@@ -83,6 +85,6 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Bl
             mask = key_valid[keys_of_chunk].view(n, 1, 1, width * bk) if has_padding else None
             queries = q_rows.index_select(0, chunk_rows.reshape(-1)).view(n, 1, size * bq, d)
             result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
-            out.index_copy_(0, chunk_rows.reshape(-1), result.view(n * size, bq, d))
+            rows_out.index_copy_(0, chunk_rows.reshape(-1), result.view(n * size, bq, d))
     working_len = plan.layout.padded_len if plan.layout is not None else q.shape[2]
-    return from_working_order(out.view(b, h, mq * bq, d)[:, :, :working_len], plan)
+    return from_working_order(rows_out.view(b, h, mq * bq, d)[:, :, :working_len], plan, out)

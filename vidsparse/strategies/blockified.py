@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device_cache import on_device
 from ..layout import VideoLayout
 from ..plan import BlockPlan
 from .base import Strategy, register_strategy
@@ -86,13 +87,13 @@ def _block_importance(layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> 
     bs, mv, m = layout.block_size, layout.num_video_blocks, layout.num_blocks
     dtype = compute_dtype(q)
     scale = 1.0 / math.sqrt(d)
-    perm = layout.permutation.to(q.device)
+    perm = on_device(layout, "permutation", q.device, lambda: layout.permutation)
     real = perm >= 0
     # Working order: tiles (and text blocks) of `bs` consecutive slots; padding slots are masked out.
     q_work = q.index_select(2, perm[: mv * bs].clamp(min=0)).to(dtype) * scale
     k_work = k.index_select(2, perm.clamp(min=0)).to(dtype)
     key_bias = torch.zeros(m * bs, dtype=dtype, device=q.device).masked_fill(~real, float("-inf"))
-    q_lengths = layout.block_lengths[:mv].to(device=q.device, dtype=dtype)
+    q_lengths = on_device(layout, "block_lengths", q.device, lambda: layout.block_lengths)[:mv].to(dtype)
     row_weight = real[: mv * bs].to(dtype) / q_lengths.repeat_interleave(bs)  # 1/n_a on real rows, 0 on padding
 
     per_row = b * h * bs  # score elements per key column for one query block

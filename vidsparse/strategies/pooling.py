@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..device_cache import on_device
 from ..layout import VideoLayout
 from ..plan import BlockPlan
 from .base import with_dense_text
@@ -32,7 +33,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def video_block_lengths(layout: VideoLayout, device: torch.device | str = "cpu") -> torch.Tensor:
     """int64 [num_video_blocks]: real tokens in each video tile."""
-    return layout.block_lengths[: layout.num_video_blocks].to(device=device, dtype=torch.int64)
+    return on_device(layout, "video_block_lengths", device, lambda: layout.block_lengths[: layout.num_video_blocks].long())
 
 
 def pool_video_blocks(layout: VideoLayout, x: torch.Tensor) -> torch.Tensor:
@@ -51,8 +52,11 @@ def pool_video_blocks(layout: VideoLayout, x: torch.Tensor) -> torch.Tensor:
 
 def _video_tile_of_token(layout: VideoLayout, device: torch.device) -> torch.Tensor:
     """int64 [num_video_tokens]: the video block (tile) of each video token, in the model's order."""
-    video = layout.inverse_permutation[layout.video_offset : layout.video_offset + layout.num_video_tokens]
-    return (video // layout.block_size).to(device)
+    def make() -> torch.Tensor:
+        video = layout.inverse_permutation[layout.video_offset : layout.video_offset + layout.num_video_tokens]
+        return video // layout.block_size
+
+    return on_device(layout, "video_tile_of_token", device, make)
 
 
 def smallest_covering_set(weights: torch.Tensor, target: torch.Tensor | float, base: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -74,7 +78,16 @@ def plan_from_video_mask(video_mask: torch.Tensor, layout: VideoLayout) -> Block
     """BlockPlan from a bool [B, H, Mv, Mv] video-block mask: each query block's own block and all text kept."""
     mv = layout.num_video_blocks
     own = torch.eye(mv, dtype=torch.bool, device=video_mask.device)
-    return BlockPlan.from_mask(with_dense_text(video_mask | own, layout), layout=layout)
+    return per_call_plan(with_dense_text(video_mask | own, layout), layout)
+
+
+def per_call_plan(mask: torch.Tensor, layout: VideoLayout, skip_heads: torch.Tensor | None = None) -> BlockPlan:
+    """A dynamic strategy's plan from its block mask [B, H, M, M], built without reading anything back to the host.
+
+    Every row keeps its own block, so the plan is valid by construction and is not re-validated (a device sync);
+    `kv_indices` is Mk wide whatever the counts (the kernel reads only the first kv_counts entries).
+    """
+    return BlockPlan.from_mask(mask, layout=layout, skip_heads=skip_heads, max_kv_blocks=layout.num_blocks, check=False)
 
 
 def density_with_text(layout: VideoLayout, video_key_fraction: float) -> float:

@@ -7,7 +7,9 @@ split in two:
 - the strategy says whether a plan made at step `planned_at` still serves step `step`
   (`Strategy.reusable(planned_at, step)`; e.g. blockified: `0 <= step - planned_at < refresh_every`);
 - the runtime keeps one cached plan per call site and asks it. A call site is whatever key the runtime
-  chooses, typically `(layer, heads)` for one patched layer and the group of heads sharing the strategy.
+  chooses: `SparseController` uses ((layer, CFG branch), heads) for one patched layer, one branch of
+  classifier-free guidance (pipelines that run the conditional and unconditional passes as separate transformer
+  calls see different activations in each) and the group of heads sharing the strategy.
 
     cache = PlanCache()                                   # one per patched pipeline
     plan = cache.plan(strategy, layout, q, k, key=(layer, heads), step=call.step)
@@ -56,9 +58,14 @@ class PlanCache:
         *,
         key: Hashable,
         step: int | None,
+        heads: torch.Tensor | None = None,
     ) -> BlockPlan:
-        """The plan of `strategy` for this call: the cached one if the strategy allows reusing it, else a new one."""
-        shape = (q.shape[0], q.shape[1], q.device)
+        """The plan of `strategy` for this call: the cached one if the strategy allows reusing it, else a new one.
+
+        `heads` (int64 indices on q's device) plans for those heads of q and k only; they are selected only when
+        a new plan is needed.
+        """
+        shape = (q.shape[0], q.shape[1] if heads is None else heads.shape[0], q.device)
         entry = self._entries.get(key)
         if (
             entry is not None
@@ -72,6 +79,8 @@ class PlanCache:
         ):
             self.plans_reused += 1
             return entry.plan
+        if heads is not None:
+            q, k = q.index_select(1, heads), k.index_select(1, heads)
         plan = strategy.plan(layout, q, k)
         self._entries[key] = _Entry(strategy, layout, shape, step, plan)
         self.plans_made += 1

@@ -44,9 +44,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device_cache import on_device
 from ..layout import VideoLayout
 from ..plan import BlockPlan
 from .base import Strategy, register_strategy, with_dense_text
+from .pooling import per_call_plan
 
 Tile = tuple[int, int, int]
 
@@ -130,10 +132,10 @@ class Stripe(Strategy):
 
     def _plan_dynamic(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> BlockPlan:
         mv = layout.num_video_blocks
-        rows = self.sampled_rows(layout).to(q.device)
+        rows = on_device((self, layout), "sampled_rows", q.device, lambda: self.sampled_rows(layout))
         scores = torch.matmul(q[:, :, rows].float(), k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
         probs = torch.softmax(scores, dim=-1).mean(2)  # [B, H, S]
-        key_block = (layout.inverse_permutation // layout.block_size).to(q.device)
+        key_block = on_device(layout, "block_of_token", q.device, lambda: layout.inverse_permutation // layout.block_size)
         block_mass = torch.zeros(*probs.shape[:2], layout.num_blocks, device=q.device).index_add_(-1, key_block, probs)
         video_mass = block_mass[..., :mv]
         text_mass = block_mass[..., mv:].sum(-1, keepdim=True)
@@ -146,8 +148,8 @@ class Stripe(Strategy):
             count = self.top_k if self.top_k is not None else math.ceil(self.fraction * mv)
             keep_sorted = (torch.arange(mv, device=q.device) < min(count, mv)).expand_as(order.indices)
         columns = torch.zeros_like(keep_sorted).scatter_(-1, order.indices, keep_sorted)
-        columns |= self.fixed_columns(layout).to(q.device)
-        return BlockPlan.from_mask(with_dense_text(_with_diagonal(columns), layout), layout=layout)
+        columns |= on_device((self, layout), "fixed_columns", q.device, lambda: self.fixed_columns(layout))
+        return per_call_plan(with_dense_text(_with_diagonal(columns), layout), layout)
 
     def retiled(self, measured_tile: Tile, tile: Tile) -> "Stripe":
         if not self.tiles:

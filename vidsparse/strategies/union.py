@@ -21,6 +21,7 @@ import torch
 from ..layout import VideoLayout
 from ..plan import BlockPlan
 from .base import Strategy, get, register_strategy
+from .pooling import per_call_plan
 
 
 def _as_strategy(part: Strategy | Mapping[str, Any]) -> Strategy:
@@ -111,7 +112,9 @@ def union_of_plans(plans: list[BlockPlan]) -> BlockPlan:
             skipped[:] = False
         else:
             skipped &= p.skip_heads.to(first.device).expand(heads)
-    return BlockPlan.from_mask(mask, layout=first.layout, skip_heads=skipped if bool(skipped.any()) else None)
+    # Plans of valid parts union to a valid plan; skip_heads stays a tensor (all False is the same as None, and
+    # asking which it is would read it back to the host).
+    return per_call_plan(mask, first.layout, skip_heads=skipped)
 
 
 @lru_cache(maxsize=256)

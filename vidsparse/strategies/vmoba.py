@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 
+from ..device_cache import on_device
 from ..layout import VideoLayout
 from ..plan import BlockPlan
 from .base import Strategy, in_tiles, register_strategy
@@ -147,11 +148,15 @@ class VMoBA(Strategy):
         used, chunk = torch.unique((c[:, 0] * counts[1] + c[:, 1]) * counts[2] + c[:, 2], return_inverse=True)
         return chunk, used.numel()
 
+    def _chunk_on(self, layout: VideoLayout, device: torch.device) -> tuple[torch.Tensor, int]:
+        """`chunk_of_block` with the chunk map on `device` (uploaded once per layout and device)."""
+        n_chunks = self.chunk_of_block(layout)[1]
+        return on_device((self, layout), "chunk_of_block", device, lambda: self.chunk_of_block(layout)[0]), n_chunks
+
     def gates(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """g: float [B, H, Mv, C], pooled query of each video block . mean key of each chunk."""
         check_qk(self.name, layout, q, k)
-        chunk, n_chunks = self.chunk_of_block(layout)
-        chunk = chunk.to(q.device)
+        chunk, n_chunks = self._chunk_on(layout, q.device)
         q_tiles, k_tiles = pool_video_blocks(layout, q), pool_video_blocks(layout, k)
         sizes = video_block_lengths(layout, q.device).to(k_tiles.dtype)
         b, h, _, d = k_tiles.shape
@@ -162,9 +167,9 @@ class VMoBA(Strategy):
 
     def _plan_dynamic(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> BlockPlan:
         gate = self.gates(layout, q, k)
-        chunk, n_chunks = self.chunk_of_block(layout)
-        chunk = chunk.to(q.device)
-        own = torch.nn.functional.one_hot(chunk, n_chunks).bool()  # [Mv, C]
+        chunk, n_chunks = self._chunk_on(layout, q.device)
+        # [Mv, C]; a comparison, not one_hot, which checks its indices on the host
+        own = chunk.unsqueeze(1) == torch.arange(n_chunks, device=chunk.device)
         if self.select_mode == "topk":
             chosen = self._select_topk(gate, own)
         else:
