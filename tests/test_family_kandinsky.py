@@ -6,12 +6,15 @@ the image pipelines resize 256 px to their smallest supported size 1024 px -> 10
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from family_checks import check_dense_reproduces, check_pipeline_class
-from test_patch import check_against_oracle, sparse_recorder
-from vidsparse.patch import install, uninstall
+import vidsparse
+from family_checks import check_dense_reproduces, check_pipeline_class, output
+from test_patch import SPARSE, check_against_oracle, sparse_recorder
+from vidsparse.patch import DenseFallbackWarning, install, uninstall
 from vidsparse.testing import tiny_call, tiny_pipeline
 
 KANDINSKY5 = {"t2v": (5, 16, 16), "i2v": (5, 16, 16), "t2i": (1, 64, 64), "i2i": (1, 64, 64)}
@@ -60,3 +63,23 @@ def test_kandinsky6_with_audio_patches_the_video_stream_only():
     assert [call.layer for call, _ in recorder.calls] == [0, 1]
     assert sparse[1].shape == reference[1].shape
     assert not torch.allclose(sparse[1], reference[1])  # audio reads the (sparse) video through cross-attention
+
+
+def test_kandinsky5_nabla_calls_keep_the_models_sparse_kernel_with_one_warning():
+    """NABLA checkpoints reorder tokens into 8x8 blocks and bring their own flex BlockMask: vidsparse leaves them be."""
+    pipe = tiny_pipeline("kandinsky5", attention_type="nabla", attention_P=0.9, attention_wT=3, attention_wH=3,
+                         attention_wW=3, attention_add_sta=True, attention_method="topcdf")
+    pipe.transformer.set_attention_backend("flex")
+    call = tiny_call("kandinsky5")
+    reference = output(pipe, call)
+    controller = vidsparse.patch(pipe, strategy=SPARSE, dense_warmup_steps=0, dense_layers=())
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            patched = output(pipe, call)
+    finally:
+        vidsparse.unpatch(pipe)
+    fallbacks = [str(w.message) for w in caught if issubclass(w.category, DenseFallbackWarning)]
+    assert len(fallbacks) == 1 and "latent grid of this call is unknown" in fallbacks[0]
+    assert controller.stats["sparse_calls"] == 0
+    assert torch.equal(patched, reference)
