@@ -35,6 +35,7 @@ def test_cosmos_dense_patch_reproduces():
     check_dense_reproduces(tiny_pipeline("cosmos", variant="2-video2world"), tiny_call("cosmos", "2-video2world"))
 
 
+@torch.no_grad()  # inference, as in a pipeline
 def test_cosmos_transfer_transformer_patches_self_attention_only():
     """Transfer 2.5: the image-context cross-attention (CosmosAttnProcessor2_5) and controlnet residuals stay."""
     from diffusers import CosmosTransformer3DModel

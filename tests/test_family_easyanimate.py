@@ -31,6 +31,7 @@ def test_easyanimate_dense_patch_reproduces():
     check_dense_reproduces(tiny_pipeline("easyanimate"), tiny_call("easyanimate"))
 
 
+@torch.no_grad()  # inference, as in a pipeline
 def test_easyanimate_control_transformer_runs_sparse():
     transformer = tiny_pipeline("easyanimate", variant="control").transformer
     generator = torch.Generator().manual_seed(0)

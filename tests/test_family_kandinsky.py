@@ -38,6 +38,7 @@ def test_kandinsky6_pipeline_runs_sparse_and_layers_match_oracle(variant):
     check_pipeline_class("kandinsky6", variant, grid=KANDINSKY6[variant])
 
 
+@torch.no_grad()  # inference, as in a pipeline
 def test_kandinsky6_with_audio_patches_the_video_stream_only():
     """Video and audio denoised together: the video self-attention is sparse, the audio stream keeps its kernel."""
     transformer = tiny_pipeline("kandinsky6").transformer

@@ -29,6 +29,7 @@ def test_motif_dense_patch_reproduces():
     check_dense_reproduces(tiny_pipeline("motif"), tiny_call("motif"))
 
 
+@torch.no_grad()  # inference, as in a pipeline
 def record_bare(transformer, **inputs) -> list:
     recorder = sparse_recorder()
     install(transformer, recorder)
