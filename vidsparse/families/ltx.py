@@ -15,7 +15,8 @@ otherwise the token coordinates `video_coords` ([B, 3, S] or LTX-2's [B, 3, S, 2
 condition and long multi-prompt pipelines pass instead (the latter passes num_frames = height = width = 1). The
 coordinates give the grid when the tokens are whole frames of one height x width raster in row-major order:
 LTXConditionPipeline's extra conditioning latents (a condition video placed at a frame index > 0) are such frames,
-prepended to the sequence, so they are planned as the first frames of the grid (their RoPE time is their own).
+prepended to the sequence, and LTX2ConditionPipeline's keyframes are such frames appended to it, so they are planned
+as the first or last frames of the grid (their RoPE time is their own).
 Coordinates that do not form such a grid leave it unknown and the call runs dense with a warning. Reading them is
 one host read per coordinate tensor: pipelines build it once per call, so the result is kept for that tensor.
 LTX-2's IC-LoRA `video_self_attention_mask` is an additive mask the sparse path cannot represent: those calls run

@@ -237,3 +237,65 @@ def _hunyuan_i2v(class_name: str) -> tuple[Any, dict[str, Any]]:
             call[f"{prefix}prompt_attention_mask"] = (torch.arange(24) < valid)[None].long()
     components["transformer"] = _diffusers("HunyuanVideoTransformer3DModel")(**config).eval()
     return _diffusers(class_name)(**components), call
+
+
+# ----- LTX-2 ----------------------------------------------------------------------------------------------------
+_LTX2_CAPTION, _LTX2_TEXT_LAYERS = 32, 2
+
+
+@_builder("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline")
+def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """Video and audio streams with a one-stage VAE (2x in space and time: 9 frames at 32 px -> 5 x 16 x 16 tokens).
+
+    The Gemma text encoder is left out (its tokenizer cannot be built offline): the calls pass its stacked hidden
+    states (`prompt_embeds`, left-padded as Gemma's tokenizer pads, with masks), which the text connectors then read.
+    """
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    transformer = _diffusers("LTX2VideoTransformer3DModel")(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=16,
+        cross_attention_dim=_LTX2_CAPTION, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=8, audio_cross_attention_dim=16, num_layers=2, caption_channels=_LTX2_CAPTION,
+        rope_double_precision=False, rope_type="split", vae_scale_factors=(2, 2, 2),  # RoPE coordinates in pixels
+    )
+    connector = dict(num_attention_heads=4, attention_head_dim=8, num_layers=1, num_learnable_registers=None)
+    connectors = LTX2TextConnectors(
+        caption_channels=_LTX2_CAPTION, text_proj_in_factor=_LTX2_TEXT_LAYERS + 1, connector_rope_base_seq_len=32,
+        rope_theta=10000.0, rope_double_precision=False, causal_temporal_positioning=False, rope_type="split",
+        **{f"{stream}_connector_{key}": value for stream in ("video", "audio") for key, value in connector.items()},
+    )
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,),
+        layers_per_block=(1,), decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+        decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False), downsample_type=("spatial",),
+        upsample_residual=(False,), upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    )
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    )
+    components: dict[str, Any] = dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(), audio_vae=audio_vae.eval(), text_encoder=None,
+        tokenizer=None, connectors=connectors.eval(), transformer=transformer.eval(), vocoder=None, processor=None,
+        prompt_enhancer=None, duration_head=None,
+    )
+    if class_name == "LTX2ConditionPipeline":
+        components["audio_scheduler"] = FlowMatchEulerDiscreteScheduler()
+    call: dict[str, Any] = dict(height=32, width=32, num_frames=9, num_inference_steps=2, guidance_scale=3.0)
+    for prefix, valid in (("", 8), ("negative_", 5)):
+        call[f"{prefix}prompt_embeds"] = torch.randn(1, 12, _LTX2_CAPTION * (_LTX2_TEXT_LAYERS + 1))
+        call[f"{prefix}prompt_attention_mask"] = (torch.arange(12) >= 12 - valid)[None].long()
+    # crf 0: no H.264 re-compression of the conditioning image (it needs PyAV, not a dependency).
+    if class_name == "LTX2ImageToVideoPipeline":
+        call.update(image=_frames(1, 32)[0], image_crf=0)
+    elif class_name == "LTX2ConditionPipeline":
+        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+        # An image at frame 0 (blended into the first latent frame) and one at index 3: a keyframe, its latent
+        # frame appended to the sequence as extra tokens.
+        call["conditions"] = [LTX2VideoCondition(frames=image, index=index, crf=0) for image, index in
+                              zip(_frames(2, 32), (0, 3))]
+    return _diffusers(class_name)(**components), call
