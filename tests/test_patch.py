@@ -135,7 +135,7 @@ def check_against_oracle(recorder: Recorder) -> None:
             torch.testing.assert_close(out, call.dense())
             continue
         plan = recorder.inner.plan(call.layout, strategies, call.q, call.k)
-        assert plan.density() < 1.0
+        assert plan.useful_density() < 1.0  # sparse: fewer real token pairs (density() counts padding slots too)
         expected = masked_attention(call.q, call.k, call.v, plan, call.scale)
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
@@ -191,6 +191,8 @@ def test_non_divisible_resolution_cfg_and_batch(full_case):
     # Latent grids no 128-token tile divides, two prompts of different lengths, and classifier-free guidance.
     odd = dict(height=call["height"] - 3 * case.unit, width=call["width"] - case.unit,
                **CFG.get(case.family, dict(guidance_scale=3.0)))
+    if case.variant == "ti2v":  # 3 x 5 x 7 tokens fit one packed block: 33 frames (9 latent) make three
+        odd["num_frames"] = 33
     prompts = ["a fox", "a red fox running in the snow"]
     reference = case.run(prompts, **odd)
     vidsparse.patch(pipe, strategy="dense")
