@@ -45,6 +45,10 @@ GRIDS = {
     "LTX2Pipeline": (5, 16, 16),
     "LTX2ImageToVideoPipeline": (5, 16, 16),
     "LTX2ConditionPipeline": (6, 16, 16),  # + the keyframe condition's latent frame, appended
+    # + the reference video's frames, appended: the tiny VAE only downsamples in space when it encodes (its reported
+    # 2x in time sizes the generated latents), so 9 reference frames are 9 latent frames.
+    "LTX2InContextPipeline": (14, 16, 16),
+    "LTX2HDRPipeline": (14, 16, 16),
     # CogVideoX VAE 4x in time, 8x in space, patch 2: 9 frames at 256 px -> 3 x 16 x 16.
     "CogVideoXImageToVideoPipeline": (3, 16, 16),
     "CogVideoXVideoToVideoPipeline": (3, 16, 16),

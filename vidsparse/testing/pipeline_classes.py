@@ -243,7 +243,8 @@ def _hunyuan_i2v(class_name: str) -> tuple[Any, dict[str, Any]]:
 _LTX2_CAPTION, _LTX2_TEXT_LAYERS = 32, 2
 
 
-@_builder("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline")
+@_builder("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline", "LTX2InContextPipeline",
+          "LTX2HDRPipeline")
 def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
     """Video and audio streams with a one-stage VAE (2x in space and time: 9 frames at 32 px -> 5 x 16 x 16 tokens).
 
@@ -282,8 +283,12 @@ def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
         tokenizer=None, connectors=connectors.eval(), transformer=transformer.eval(), vocoder=None, processor=None,
         prompt_enhancer=None, duration_head=None,
     )
-    if class_name == "LTX2ConditionPipeline":
+    if class_name in ("LTX2ConditionPipeline", "LTX2InContextPipeline", "LTX2HDRPipeline"):
         components["audio_scheduler"] = FlowMatchEulerDiscreteScheduler()
+    if class_name in ("LTX2InContextPipeline", "LTX2HDRPipeline"):
+        components.pop("duration_head")
+    if class_name == "LTX2HDRPipeline":
+        components.pop("processor"), components.pop("prompt_enhancer")
     call: dict[str, Any] = dict(height=32, width=32, num_frames=9, num_inference_steps=2, guidance_scale=3.0)
     for prefix, valid in (("", 8), ("negative_", 5)):
         call[f"{prefix}prompt_embeds"] = torch.randn(1, 12, _LTX2_CAPTION * (_LTX2_TEXT_LAYERS + 1))
@@ -298,4 +303,11 @@ def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
         # frame appended to the sequence as extra tokens.
         call["conditions"] = [LTX2VideoCondition(frames=image, index=index, crf=0) for image, index in
                               zip(_frames(2, 32), (0, 3))]
+    elif class_name in ("LTX2InContextPipeline", "LTX2HDRPipeline"):
+        # IC-LoRA / HDR: a reference video whose tokens are appended after the video's, at the same resolution.
+        from diffusers.pipelines.ltx2 import pipeline_ltx2_hdr_lora, pipeline_ltx2_ic_lora
+
+        reference = (pipeline_ltx2_ic_lora.LTX2ReferenceCondition if class_name == "LTX2InContextPipeline"
+                     else pipeline_ltx2_hdr_lora.LTX2HDRReferenceCondition)
+        call["reference_conditions"] = [reference(frames=_frames(9, 32))]
     return _diffusers(class_name)(**components), call
