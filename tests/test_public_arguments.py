@@ -11,6 +11,7 @@ import torch
 import vidsparse
 from vidsparse import BlockPlan, block_sparse_attention
 from vidsparse.attention import reference_attention
+from vidsparse.cli import main
 from vidsparse.profile import Profile, ProfileError
 
 SHIPPED_PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "tiny-wan.json"
@@ -112,3 +113,37 @@ def test_attention_accepts_an_int_scale():
     q, k, v, plan = _inputs()
     got = block_sparse_attention(q, k, v, plan, scale=1, backend="gather")
     torch.testing.assert_close(got, reference_attention(q, k, v, plan, 1.0))
+
+
+# ----- the CLIs: a bad flag is one line naming it, before any model is loaded ------------------------------------
+NO_MODEL = "/nonexistent/pipeline"  # loading it would fail: an error about a flag shows the flag was checked first
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--height", "0"], "argument --height: expected an integer >= 1, got '0'"),
+    (["eval", "--steps", "two"], "argument --steps: expected an integer >= 1, got 'two'"),
+    (["eval", "--backend", "cuda"], "argument --backend: expected one of flex, gather, reference, triton, auto, "
+                                    "got 'cuda'"),
+    (["eval", "--dtype", "half"], "argument --dtype: invalid choice: 'half'"),
+    (["eval", "--fps", "-1"], "argument --fps: expected an integer >= 1"),
+    (["profile", "--prompts", "p.txt", "--out", "p.json", "--frames", "-9"], "argument --frames: expected an integer"),
+    (["profile", "--prompts", "p.txt", "--out", "p.json", "--backend", "1"], "argument --backend: expected one of"),
+])
+def test_cli_rejects_a_bad_flag_when_parsing(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([argv[0], "--model", NO_MODEL, *argv[1:]])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--strategy", "nope"], "unknown strategy 'nope'"),
+    (["--strategy", 'neighborhood:{"window": 0}'], "neighborhood: window must be an integer >= 1"),
+    (["--strategy", "neighborhood:[1]"], "--strategy 'neighborhood:[1]': parameters must be a JSON object"),
+    (["--profile", "missing.json"], "--profile missing.json: no such file"),
+    ([], "give at least one of --profile, --strategy, --budgets"),
+])
+def test_eval_rejects_a_bad_sparse_configuration_before_loading_the_model(extra, message, capsys):
+    assert main(["eval", "--model", NO_MODEL, "--prompt", "a cat", *extra]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("vidsparse eval: error: ") and message in error

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..call_defaults import GEOMETRY_FLAGS, fill_geometry, native_call
-from ..patch import patch
+from ..cli_arguments import add_geometry_arguments, backend_name, positive_int
+from ..patch import patch, resolve_strategy
 from .models import load_pipeline
 from .report import summary_table, write_report
 from .runner import EvalSettings, Variant, run_evaluation
@@ -56,22 +57,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; added to --prompts)")
     parser.add_argument("--calibration-prompts", help="prompts file for --budgets profiling (default: the prompts)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--height", type=int, default=None, help="video height in pixels (default: the model's)")
-    parser.add_argument("--width", type=int, default=None, help="video width in pixels (default: the model's)")
-    parser.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    add_geometry_arguments(parser)
     parser.add_argument("--guidance-scale", type=float, help="pipeline guidance_scale (default: the pipeline's)")
     parser.add_argument("--max-sequence-length", type=int, help="pipeline max_sequence_length (text tokens)")
     parser.add_argument("--dense-warmup-steps", type=float, help="override the dense warm-up (count if >= 1)")
     parser.add_argument("--dense-layers", type=int, nargs="*", help="override the dense layers")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per prompt, seed and mode (default 1)")
+    parser.add_argument("--repeats", type=positive_int, default=1,
+                        help="timed runs per prompt, seed and mode (default 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per mode first (default 1)")
-    parser.add_argument("--backend", default="auto", help="sparse attention backend (default auto)")
+    parser.add_argument("--backend", type=backend_name, default="auto",
+                        help="sparse attention backend (default auto)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="CPU timing clock: wall, or process CPU time (steadier on a loaded machine)")
-    parser.add_argument("--fps", type=int, default=16)
+    parser.add_argument("--fps", type=positive_int, default=16)
     parser.add_argument("--no-videos", action="store_true", help="do not write mp4 files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
@@ -136,8 +136,6 @@ def build_variants(args: argparse.Namespace, pipe: Any, settings: EvalSettings) 
     variants: list[Variant] = []
     if args.profile:
         path = args.profile
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--profile {path}: no such file")
         variants.append(Variant("profile", lambda p: patch(p, path, backend=args.backend, **schedule),
                                 description=f"profile `{path}`"))
     for spec in args.strategy:
@@ -146,8 +144,6 @@ def build_variants(args: argparse.Namespace, pipe: Any, settings: EvalSettings) 
             p, strategy=s, backend=args.backend, **schedule), description=f"strategy `{spec}` on every head"))
     if args.budgets:
         variants += budget_variants(args, pipe, settings, schedule)
-    if not variants:
-        raise ValueError("give at least one of --profile, --strategy, --budgets")
     return variants
 
 
@@ -191,7 +187,14 @@ def settings_from_args(args: argparse.Namespace, prompts: list[str], native: dic
 
 def evaluate_from_args(args: argparse.Namespace, pipe: Any | None = None, command: str | None = None) -> dict[str, Any]:
     """Run `vidsparse eval` for parsed arguments; returns the report (also written to args.out)."""
-    prompts = read_prompts(args.prompts, args.prompt)  # before loading the model: a missing file costs nothing
+    # Before loading the model: a typo costs nothing.
+    prompts = read_prompts(args.prompts, args.prompt)
+    if not (args.profile or args.strategy or args.budgets):
+        raise ValueError("give at least one of --profile, --strategy, --budgets")
+    for spec in args.strategy:
+        resolve_strategy(parse_strategy(spec))
+    if args.profile and not Path(args.profile).is_file():
+        raise FileNotFoundError(f"--profile {args.profile}: no such file")
     if pipe is None:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     settings = settings_from_args(args, prompts, native_call(args.model, pipe))

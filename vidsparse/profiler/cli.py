@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ..cli_arguments import add_geometry_arguments, backend_name
+
 
 def register(subparsers: Any) -> None:
     """Add the profiler's subcommands to the `vidsparse` parser."""
@@ -34,11 +36,7 @@ def register(subparsers: Any) -> None:
                                           "strategy per head, and write a profile JSON.")
     p.add_argument("--model", required=True, help="hub id, local pipeline folder, tiny-wan or tiny-<family>")
     p.add_argument("--prompts", required=True, type=Path, help="text file, one calibration prompt per line")
-    p.add_argument("--height", type=int, default=None, help="video height in pixels (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="video width in pixels (default: the model's)")
-    p.add_argument("--frames", type=int, default=None, help="video frames (default: the model's)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps of the calibration runs (default: the model's)")
+    add_geometry_arguments(p, steps_help="denoising steps of the calibration runs")
     objective = p.add_mutually_exclusive_group()
     objective.add_argument("--budget", type=_budget, default=None,
                            help="per-head error budget, e.g. error=0.05 (default 0.05)")
@@ -57,7 +55,7 @@ def register(subparsers: Any) -> None:
                    help="comma-separated strategy families to consider (default: all)")
     p.add_argument("--cost", choices=("measured", "ideal"), default="measured",
                    help="cost model: this device's kernel timings, or blocks at the dense kernel's speed")
-    p.add_argument("--backend", default="auto", help="attention backend the cost model times (default auto)")
+    p.add_argument("--backend", type=backend_name, default="auto", help="attention backend the cost model times (default auto)")
     p.add_argument("--device", default=None, help="device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="weights dtype for hub models (default bfloat16 on cuda, float32 on cpu)")
