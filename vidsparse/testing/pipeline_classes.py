@@ -244,7 +244,7 @@ _LTX2_CAPTION, _LTX2_TEXT_LAYERS = 32, 2
 
 
 @_builder("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline", "LTX2InContextPipeline",
-          "LTX2HDRPipeline")
+          "LTX2HDRPipeline", "LTX2DFRPipeline")
 def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
     """Video and audio streams with a one-stage VAE (2x in space and time: 9 frames at 32 px -> 5 x 16 x 16 tokens).
 
@@ -259,6 +259,8 @@ def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
         cross_attention_dim=_LTX2_CAPTION, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
         audio_attention_head_dim=8, audio_cross_attention_dim=16, num_layers=2, caption_channels=_LTX2_CAPTION,
         rope_double_precision=False, rope_type="split", vae_scale_factors=(2, 2, 2),  # RoPE coordinates in pixels
+        # DFR generates keyframe slots, marked with a learned embedding (LTX-2.5).
+        use_keyframes_abs_pos_embedding=class_name == "LTX2DFRPipeline",
     )
     connector = dict(num_attention_heads=4, attention_head_dim=8, num_layers=1, num_learnable_registers=None)
     connectors = LTX2TextConnectors(
@@ -293,6 +295,9 @@ def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
     for prefix, valid in (("", 8), ("negative_", 5)):
         call[f"{prefix}prompt_embeds"] = torch.randn(1, 12, _LTX2_CAPTION * (_LTX2_TEXT_LAYERS + 1))
         call[f"{prefix}prompt_attention_mask"] = (torch.arange(12) >= 12 - valid)[None].long()
+    if class_name == "LTX2DFRPipeline":
+        # Distilled: no negative prompt and its own 8-step schedule; one keyframe slot is generated after the video.
+        call = {key: value for key, value in call.items() if not key.startswith(("negative_", "guidance_", "num_inf"))}
     # crf 0: no H.264 re-compression of the conditioning image (it needs PyAV, not a dependency).
     if class_name == "LTX2ImageToVideoPipeline":
         call.update(image=_frames(1, 32)[0], image_crf=0)
