@@ -85,7 +85,7 @@ def run(transformer, inputs, controller=None):
     if controller is not None:
         install(transformer, controller)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("error", DenseFallbackWarning)
             return transformer(**inputs)
     finally:
@@ -96,7 +96,8 @@ def run(transformer, inputs, controller=None):
 @pytest.mark.parametrize("sizes", [True, False], ids=["sizes", "coords"])
 def test_ltx2_video_stream_sparse_audio_dense(sizes):
     transformer = tiny_ltx2()
-    inputs = ltx2_inputs(transformer, sizes=sizes)
+    with torch.inference_mode():  # the coordinates as an inference-mode pipeline makes them
+        inputs = ltx2_inputs(transformer, sizes=sizes)
     video, audio = run(transformer, inputs)
     # Full density through vidsparse's kernel: both streams exactly the model's.
     full = Recorder(SparseController(StrategyPolicy(get("neighborhood", window=64), DenseSchedule(0, frozenset()))))

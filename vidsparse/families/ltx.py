@@ -18,7 +18,8 @@ LTXConditionPipeline's extra conditioning latents (a condition video placed at a
 prepended to the sequence, and LTX2ConditionPipeline's keyframes are such frames appended to it, so they are planned
 as the first or last frames of the grid (their RoPE time is their own).
 Coordinates that do not form such a grid leave it unknown and the call runs dense with a warning. Reading them is
-one host read per coordinate tensor: pipelines build it once per call, so the result is kept for that tensor.
+one host read per coordinate tensor: pipelines build it once per call (and do not change it in place), so the
+result is kept for that tensor object.
 LTX-2's IC-LoRA `video_self_attention_mask` is an additive mask the sparse path cannot represent: those calls run
 dense with a warning.
 """
@@ -59,8 +60,9 @@ class LTXVideo(Family):
     kernel_global = "dispatch_attention_fn"
 
     def __init__(self) -> None:
-        # The last coordinate tensor read, its version counter and its grid (see the module docstring).
-        self._coords: tuple[weakref.ref, int, tuple[int, int, int] | None] | None = None
+        # The last coordinate tensor read and its grid (see the module docstring). Not keyed on the tensor's version
+        # counter: inference-mode tensors have none.
+        self._coords: tuple[weakref.ref, tuple[int, int, int] | None] | None = None
 
     def attention_modules(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         return [block.attn1 for block in transformer.transformer_blocks]
@@ -84,6 +86,6 @@ class LTXVideo(Family):
         if coords is None or coords.shape[2] != seq_len:
             return None
         cached = self._coords
-        if cached is None or cached[0]() is not coords or cached[1] != coords._version:
-            self._coords = cached = (weakref.ref(coords), coords._version, grid_from_token_coords(coords))
-        return cached[2]
+        if cached is None or cached[0]() is not coords:
+            self._coords = cached = (weakref.ref(coords), grid_from_token_coords(coords))
+        return cached[1]
