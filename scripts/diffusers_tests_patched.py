@@ -19,7 +19,7 @@ from typing import Any
 import diffusers
 
 import vidsparse
-from vidsparse.families import get_family, available_families
+from vidsparse.families import available_families, get_family
 
 #: A neighborhood window wider than any tiny test grid: density 1, computed by vidsparse's kernel.
 FULL = ("neighborhood", {"window": (1023, 1023, 1023)})
