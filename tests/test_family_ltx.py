@@ -52,7 +52,7 @@ GRID = (3, 8, 8)
 AUDIO_TOKENS = 20
 
 
-def tiny_ltx2():
+def tiny_ltx2(**config):
     from diffusers import LTX2VideoTransformer3DModel
 
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def tiny_ltx2():
         in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=16,
         cross_attention_dim=32, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
         audio_attention_head_dim=8, audio_cross_attention_dim=16, num_layers=2, caption_channels=16,
-        rope_double_precision=False, rope_type="split",
+        rope_double_precision=False, rope_type="split", **config,
     ).eval()
 
 
@@ -93,11 +93,17 @@ def run(transformer, inputs, controller=None):
             uninstall(transformer)
 
 
-@pytest.mark.parametrize("sizes", [True, False], ids=["sizes", "coords"])
-def test_ltx2_video_stream_sparse_audio_dense(sizes):
-    transformer = tiny_ltx2()
+#: LTX-2.3's per-head output gates and spatio-temporal guidance (STG: block 1's self-attention replaced by its values
+#: for the batch entries the perturbation mask zeroes) act outside the attention kernel.
+STG = dict(config=dict(gated_attn=True, perturbed_attn=True),
+           inputs=dict(spatio_temporal_guidance_blocks=[1], perturbation_mask=torch.tensor([1.0, 0.0])[:, None, None]))
+
+
+@pytest.mark.parametrize("sizes, variant", [(True, {}), (False, {}), (True, STG)], ids=["sizes", "coords", "stg"])
+def test_ltx2_video_stream_sparse_audio_dense(sizes, variant):
+    transformer = tiny_ltx2(**variant.get("config", {}))
     with torch.inference_mode():  # the coordinates as an inference-mode pipeline makes them
-        inputs = ltx2_inputs(transformer, sizes=sizes)
+        inputs = {**ltx2_inputs(transformer, sizes=sizes), **variant.get("inputs", {})}
     video, audio = run(transformer, inputs)
     # Full density through vidsparse's kernel: both streams exactly the model's.
     full = Recorder(SparseController(StrategyPolicy(get("neighborhood", window=64), DenseSchedule(0, frozenset()))))
