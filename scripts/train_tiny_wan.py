@@ -1,6 +1,10 @@
-"""Train vidsparse's tiny text-to-video model (issue 9) on procedural shapes and export it as a WanPipeline folder.
+"""Train vidsparse's tiny text-to-video models on procedural clips and export them as WanPipeline folders.
 
-One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes`:
+Two recipes (`RECIPES`, --recipe): "tiny-wan" (issue 9, the shipped models/tiny-wan) on flat shapes from
+`vidsparse.testing.shapes`, and "tiny-wan-next" (issue 20) on textured scenes from `vidsparse.testing.textures`
+that drift, zoom and turn under a textured moving object, with a wider transformer (4 layers of 4 heads x 32)
+and a VAE that starts from tiny-wan's and is fine-tuned on textures. The text below describes tiny-wan; the
+next recipe differs only where `RECIPES` says so. One seeded run in two phases:
 
 1. VAE: an `AutoencoderKLWan` with one down-sampling stage (spatial x2, temporal x2, 16 latent channels) learns
    to reconstruct 64 x 64 clips in VAE_STAGES: single frames, then 5, then 9 frames (it is fully convolutional,
@@ -19,7 +23,7 @@ One seeded run in two phases, both on clips drawn from `vidsparse.testing.shapes
    v = noise - x_0 (so x_0 = x_t - s v, as `UniPCMultistepScheduler` with `prediction_type="flow_prediction"`
    assumes). s is drawn uniformly and shifted by FLOW_SHIFT, the same shift the exported scheduler applies at
    inference. 10% of prompts are dropped to "" for CFG. The loss is weighted --shape-weight times on latent
-   pixels over a shape (`latent_shape_mask`, ~9% of them) and normalised by the mean weight: with plain MSE the
+   pixels over a shape (`latent_mask`, ~9% of them) and normalised by the mean weight: with plain MSE the
    first 2011 steps learned the prompted background and no shape. Per-pixel weights leave the optimum (the
    conditional mean velocity) unchanged; they only say where the model's capacity goes first.
 
@@ -36,6 +40,8 @@ number comes from one `torch.Generator`, saved in the checkpoint with the models
     python scripts/train_tiny_wan.py export --out .cache/tiny_wan_train --to models/tiny-wan
     python scripts/train_tiny_wan.py summarize --out .cache/tiny_wan_train --json scripts/results/tiny_wan_train.json
     python scripts/train_tiny_wan.py evaluate --model-dir models/tiny-wan --json scripts/results/tiny_wan_adherence.json
+    python scripts/train_tiny_wan.py train --recipe tiny-wan-next --out .cache/tiny_wan_next --threads 1 \
+        --pool-size 1000 --snapshot-every 100 --checkpoint-minutes 10 --resume [models/tiny-wan-next/training_state.pt]
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,7 +61,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidsparse.testing.shapes import prompt_vocabulary, render_clip, sample_clip_spec, score_clip  # noqa: E402
+from vidsparse.testing import shapes, textures  # noqa: E402
+from vidsparse.tiny_model import TINY_WAN_PROMPTS  # noqa: E402
 
 LATENT_CHANNELS = 16
 VAE_CONFIG = dict(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
@@ -76,23 +85,67 @@ PROMPT_DROPOUT = 0.1
 VAE_STAGES = ((1, 4, 1500), (5, 2, 500), (9, 2, 400), (17, 1, 500))
 
 
-def vae_stage(step: int) -> tuple[int, int]:
+
+
+def shapes_clip(rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray]:
+    """A shapes clip: prompt, uint8 video [F, H, W, 3] and the pixels off its plain background [F, H, W]."""
+    spec = shapes.sample_clip_spec(rng)
+    video = shapes.render_clip(spec, frames=FRAMES, height=SIZE, width=SIZE)
+    return spec.prompt, video, shape_mask(clip_tensor(video)[None])[0, 0].numpy()
+
+
+def textures_clip(rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray]:
+    """A textures clip (never a held-out prompt): prompt, uint8 video [F, H, W, 3] and its object's pixels."""
+    spec = textures.sample_clip_spec(rng)
+    video, mask = textures.render_clip(spec, frames=FRAMES, height=SIZE, width=SIZE, with_mask=True)
+    return spec.prompt, video, mask
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the built-in models: data (clips, vocabulary, scorer, evaluation prompts), the
+    transformer, the VAE stages and where the VAE starts from, and the default weight of the flow loss on the
+    clip's mask (the shapes, or the textured object)."""
+
+    draw_clip: Callable[[np.random.Generator], tuple[str, np.ndarray, np.ndarray]]
+    vocabulary: Callable[[], list[str]]
+    score_clip: Callable[[np.ndarray, str], dict]
+    eval_prompts: tuple[str, ...]
+    transformer_config: dict
+    vae_stages: tuple[tuple[int, int, int], ...]
+    vae_init: str | None  # a diffusers AutoencoderKLWan folder to start the VAE from, or None (random)
+    default_mask_weight: float  # the VAE loss's, and the flow loss's unless --shape-weight is given
+
+
+#: "tiny-wan": the shipped model (models/tiny-wan), flat shapes. "tiny-wan-next" (issue 20): textured scenes that
+#: drift, zoom and turn, with a textured object moving over them; 4 layers of 4 heads x 32 (dim 128, FFN 512); the
+#: VAE starts from tiny-wan's (same config) and is fine-tuned on textures (tiny-wan's reconstructs them at ~13 dB).
+RECIPES: dict[str, Recipe] = {
+    "tiny-wan": Recipe(shapes_clip, shapes.prompt_vocabulary, shapes.score_clip, TINY_WAN_PROMPTS,
+                       TRANSFORMER_CONFIG, VAE_STAGES, None, 10.0),
+    "tiny-wan-next": Recipe(textures_clip, textures.prompt_vocabulary, textures.score_clip, textures.HELD_OUT_PROMPTS,
+                            dict(TRANSFORMER_CONFIG, num_attention_heads=4, ffn_dim=512, num_layers=4),
+                            ((1, 4, 400), (5, 2, 200), (17, 1, 200)), "models/tiny-wan/vae", 3.0),
+}
+
+
+def vae_stage(step: int, stages: tuple[tuple[int, int, int], ...] = VAE_STAGES) -> tuple[int, int]:
     """(frames, batch) of VAE step `step`."""
-    for frames, batch, steps in VAE_STAGES:
+    for frames, batch, steps in stages:
         if step < steps:
             return frames, batch
         step -= steps
-    return VAE_STAGES[-1][:2]
+    return stages[-1][:2]
 
 
 # ------------------------------------------------------------------------------------------- components
 
-def build_tokenizer():
-    """Word-level fast tokenizer over the prompt vocabulary, T5-style: lower-cased words, then "</s>"."""
+def build_tokenizer(vocabulary: list[str]):
+    """Word-level fast tokenizer over a prompt vocabulary, T5-style: lower-cased words, then "</s>"."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *prompt_vocabulary()])}
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *vocabulary])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -101,18 +154,18 @@ def build_tokenizer():
                                    unk_token="<unk>", model_max_length=512)
 
 
-def build_components(seed: int, latents_mean=None, latents_std=None) -> dict:
+def build_components(recipe: Recipe, seed: int, latents_mean=None, latents_std=None) -> dict:
     """Fresh, seeded components of the pipeline (the text encoder stays as initialised)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(recipe.vocabulary())
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)).eval()
     z = VAE_CONFIG["z_dim"]
     vae = AutoencoderKLWan(**VAE_CONFIG, latents_mean=list(latents_mean or [0.0] * z),
                            latents_std=list(latents_std or [1.0] * z))
-    transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    transformer = WanTransformer3DModel(**recipe.transformer_config)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         flow_shift=FLOW_SHIFT, num_train_timesteps=1000)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
@@ -137,19 +190,20 @@ def mask_weight(mask: torch.Tensor, weight: float) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * mask.float()
 
 
-def latent_shape_mask(x: torch.Tensor) -> torch.Tensor:
-    """`shape_mask` of clips [B, 3, F, H, W] at the latent grid of the VAE [B, 1, 1 + (F - 1) / 2, H / 2, W / 2]:
-    latent frame 0 is frame 0 and latent frame k frames 2k - 1 and 2k (the causal Wan VAE), a latent pixel is on a
-    shape when any pixel of its 2 x 2 patch is."""
-    mask = shape_mask(x).float()
+def latent_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A pixel mask bool [B, 1, F, H, W] at the latent grid of the VAE [B, 1, 1 + (F - 1) / 2, H / 2, W / 2]:
+    latent frame 0 is frame 0 and latent frame k frames 2k - 1 and 2k (the causal Wan VAE), a latent pixel is set
+    when any pixel of its 2 x 2 patch is."""
+    mask = mask.float()
     first, rest = mask[:, :, :1], mask[:, :, 1:]
     pooled = torch.cat([F.max_pool3d(first, (1, 2, 2)), F.max_pool3d(rest, (2, 2, 2))], dim=2)
     return pooled > 0
 
 
-def pool_clip(seed: int, index: int, stream: int = 1):
-    spec = sample_clip_spec(np.random.default_rng([seed, stream, index]))
-    return spec.prompt, render_clip(spec, frames=FRAMES, height=SIZE, width=SIZE)
+def pool_clip(recipe: Recipe, seed: int, index: int, stream: int = 1) -> tuple[str, np.ndarray, np.ndarray]:
+    """Clip `index` of random stream `stream` (0: VAE steps, 1: the latent pool, 2: latent statistics, 3: held-out
+    checks): prompt, uint8 video and pixel mask."""
+    return recipe.draw_clip(np.random.default_rng([seed, stream, index]))
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -159,8 +213,15 @@ class Run:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.parts = build_components(args.seed)
+        self.recipe = RECIPES[args.recipe]
+        self.flow_mask_weight = self.recipe.default_mask_weight if args.shape_weight is None else args.shape_weight
+        self.parts = build_components(self.recipe, args.seed)
         self.vae, self.transformer = self.parts["vae"], self.parts["transformer"]
+        if self.recipe.vae_init is not None:
+            from diffusers import AutoencoderKLWan
+
+            start = AutoencoderKLWan.from_pretrained(Path(__file__).resolve().parents[1] / self.recipe.vae_init)
+            self.vae.load_state_dict(start.state_dict())
         self.ema = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
         self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=args.vae_lr)
         self.opt = torch.optim.AdamW(self.transformer.parameters(), lr=args.lr, weight_decay=0.01)
@@ -183,6 +244,10 @@ class Run:
                     args={k: v for k, v in vars(self.args).items() if k != "func"})
 
     def load_state_dict(self, state: dict) -> None:
+        recipe = state["args"].get("recipe", "tiny-wan")
+        if recipe != self.args.recipe:
+            raise SystemExit(f"the checkpoint is of recipe {recipe!r}, not {self.args.recipe!r}: "
+                             f"pass --recipe {recipe}")
         self.phase, self.step, self.elapsed, self.stats = state["phase"], state["step"], state["elapsed"], state["stats"]
         self.vae.load_state_dict(state["vae"])
         self.transformer.load_state_dict(state["transformer"])
@@ -209,22 +274,23 @@ class Run:
     # ----- VAE
     def vae_step(self) -> tuple[float, float]:
         """One step of the VAE stage the step count is in; returns (loss, mean absolute error on the shapes)."""
-        frames, batch_size = vae_stage(self.step)
-        batch = []
+        stages = self.recipe.vae_stages
+        frames, batch_size = vae_stage(self.step, stages)
+        batch, masks = [], []
         for b in range(batch_size):
-            spec = sample_clip_spec(np.random.default_rng([self.args.seed, 0, self.step, b]))
-            video = clip_tensor(render_clip(spec, frames=FRAMES, height=SIZE, width=SIZE))
+            _, video, mask = self.recipe.draw_clip(np.random.default_rng([self.args.seed, 0, self.step, b]))
             f0 = int(torch.randint(0, FRAMES - frames + 1, (1,), generator=self.gen))
-            batch.append(video[:, f0:f0 + frames])
+            batch.append(clip_tensor(video)[:, f0:f0 + frames])
+            masks.append(torch.from_numpy(mask)[None, f0:f0 + frames])
         x = torch.stack(batch)
         recon = self.vae.decode(self.vae.encode(x).latent_dist.mean).sample
-        on_shape = shape_mask(x)
-        weight = mask_weight(on_shape, 10.0)
+        on_shape = torch.stack(masks)
+        weight = mask_weight(on_shape, self.recipe.default_mask_weight)
         loss = (((recon - x).pow(2) + (recon - x).abs()) * weight).mean()
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.vae_opt.param_groups:  # halved for the last stage
-            group["lr"] = self.args.vae_lr * (0.5 if frames == VAE_STAGES[-1][0] else 1.0)
+            group["lr"] = self.args.vae_lr * (0.5 if frames == stages[-1][0] else 1.0)
         self.vae_opt.step()
         return float(loss.detach()), float((recon - x).detach().abs()[on_shape.expand_as(x)].mean())
 
@@ -238,7 +304,8 @@ class Run:
     def start_flow(self) -> None:
         """Freeze the VAE, measure latent statistics and fill the first part of the pool."""
         self.vae.eval().requires_grad_(False)
-        first = [self.encode(clip_tensor(pool_clip(self.args.seed, i, stream=2)[1])[None])[0] for i in range(32)]
+        first = [self.encode(clip_tensor(pool_clip(self.recipe, self.args.seed, i, stream=2)[1])[None])[0]
+                 for i in range(32)]
         stacked = torch.stack(first).transpose(0, 1).flatten(1)
         self.stats = (stacked.mean(1).tolist(), stacked.std(1).tolist())
         for _ in range(self.args.pool_init):
@@ -246,12 +313,12 @@ class Run:
 
     @torch.no_grad()
     def add_clip(self) -> None:
-        prompt, video = pool_clip(self.args.seed, self.clips_seen)
+        prompt, video, mask = pool_clip(self.recipe, self.args.seed, self.clips_seen)
         mean, std = (torch.tensor(s).view(-1, 1, 1, 1) for s in self.stats)
         slot = self.clips_seen % self.args.pool_size
         clip = clip_tensor(video)[None]
         self.pool[slot] = ((self.encode(clip)[0] - mean) / std).half()
-        self.pool_masks[slot] = latent_shape_mask(clip)[0]
+        self.pool_masks[slot] = latent_mask(torch.from_numpy(mask)[None, None])[0]
         self.pool_prompts[slot] = prompt
         self.clips_seen += 1
 
@@ -290,7 +357,7 @@ class Run:
         xt = (1 - s) * x0 + s * noise
         pred = self.transformer(xt, sigma * 1000, text, return_dict=False)[0]
         error = (pred - (noise - x0)).pow(2)
-        weight = mask_weight(self.pool_masks[idx], self.args.shape_weight)
+        weight = mask_weight(self.pool_masks[idx], self.flow_mask_weight)
         loss = (error * weight).mean() / weight.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -328,7 +395,7 @@ def train(args: argparse.Namespace) -> int:
     log = open(out / "log.jsonl", "a")
     last_save = time.time()
     while True:
-        if run.phase == "vae" and run.step >= sum(steps for _, _, steps in VAE_STAGES):
+        if run.phase == "vae" and run.step >= sum(steps for _, _, steps in run.recipe.vae_stages):
             torch.save(run.state_dict(), out / "vae_done.pt")  # to restart the transformer phase from
             run.start_flow()
             run.phase, run.step = "flow", 0
@@ -344,6 +411,8 @@ def train(args: argparse.Namespace) -> int:
         run.elapsed += time.time() - start
         log.write(json.dumps(dict(row, elapsed_s=round(run.elapsed, 2))) + "\n")
         log.flush()
+        if run.phase == "flow" and args.snapshot_every and run.step % args.snapshot_every == 0:
+            torch.save(slim_state(run.state_dict()), out / f"snapshot_{run.step}.pt")
         if time.time() - last_save > 60 * args.checkpoint_minutes:
             save_checkpoint(run, out)
             last_save = time.time()
@@ -356,30 +425,41 @@ def train(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from diffusers import WanPipeline
 
-    state = torch.load(Path(args.out) / "checkpoint.pt", weights_only=False)
+    state = torch.load(Path(args.out) / args.checkpoint, weights_only=False)
     if state["phase"] != "flow":
         raise SystemExit("the checkpoint has not reached the transformer phase yet")
-    parts = build_components(state["args"]["seed"], *state["stats"])
+    recipe = state["args"].get("recipe", "tiny-wan")
+    parts = build_components(RECIPES[recipe], state["args"]["seed"], *state["stats"])
     parts["vae"].load_state_dict(state["vae"])
     parts["transformer"].load_state_dict(state["ema"] if args.weights == "ema" else state["transformer"])
     WanPipeline(**parts).save_pretrained(args.to, safe_serialization=True)
     torch.save(slim_state(state), Path(args.to) / "training_state.pt")  # to continue training from
     meta = dict(flow_steps=state["step"], train_elapsed_s=round(state["elapsed"], 1), weights=args.weights,
                 seed=state["args"]["seed"], clips_seen=state["clips_seen"])
+    if recipe != "tiny-wan":  # the shipped model's file stays as it was
+        meta["recipe"] = recipe
     (Path(args.to) / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"exported {meta} to {args.to}")
     return 0
 
 
+def model_recipe(model_dir: str | Path) -> Recipe:
+    """The recipe an exported model was trained with (its training.json; tiny-wan when it names none)."""
+    training = Path(model_dir) / "training.json"
+    meta = json.loads(training.read_text()) if training.exists() else {}
+    return RECIPES[meta.get("recipe", "tiny-wan")]
+
+
 def evaluate(args: argparse.Namespace) -> int:
     from diffusers import WanPipeline
 
-    from vidsparse.tiny_model import TINY_WAN_CALL, TINY_WAN_PROMPTS
+    from vidsparse.tiny_model import TINY_WAN_CALL
 
     torch.set_num_threads(args.threads)
     pipe = WanPipeline.from_pretrained(args.model_dir).to("cpu")
     pipe.set_progress_bar_config(disable=True)
-    prompts = TINY_WAN_PROMPTS[: args.num_prompts]
+    recipe = model_recipe(args.model_dir)
+    prompts = recipe.eval_prompts[: args.num_prompts]
     rows, seconds = [], []
     # Clip (prompt i, repeat r) uses seed r * len(prompts) + i: repeat 0 is the demo's seeds.
     for r in range(args.seeds):
@@ -389,10 +469,10 @@ def evaluate(args: argparse.Namespace) -> int:
             generator = torch.Generator().manual_seed(seed)
             video = pipe(prompt, **TINY_WAN_CALL, output_type="np", generator=generator).frames[0]
             seconds.append(time.perf_counter() - start)
-            rows.append(dict(seed=seed, **score_clip(video, prompt)))
+            rows.append(dict(seed=seed, **recipe.score_clip(video, prompt)))
             print(json.dumps(rows[-1]), f"{seconds[-1]:.1f}s", flush=True)
     summary = {}
-    for key in ("colour_ok", "count_ok", "motion_ok", "adherence"):
+    for key in score_keys(rows[0]):
         values = np.array([row[key] for row in rows], dtype=float)
         summary[key] = float(values.mean())
         summary[f"{key}_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
@@ -415,27 +495,33 @@ def check_vae(args: argparse.Namespace) -> int:
     what the generator can score."""
     torch.set_num_threads(args.threads)
     state = torch.load(Path(args.out) / args.checkpoint, weights_only=False)
-    vae = build_components(state["args"]["seed"])["vae"]
+    recipe = RECIPES[state["args"].get("recipe", "tiny-wan")]
+    vae = build_components(recipe, state["args"]["seed"])["vae"]
     vae.load_state_dict(state["vae"])
     vae.eval()
     psnr, scores = [], []
     for i in range(args.clips):
-        prompt, video = pool_clip(state["args"]["seed"], i, stream=3)
+        prompt, video, _ = pool_clip(recipe, state["args"]["seed"], i, stream=3)
         x = clip_tensor(video)[None]
         recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         mse = (recon - x).pow(2).mean(dim=(0, 1, 3, 4)) / 4.0  # pixel range [-1, 1] -> [0, 1]
         psnr.append((-10 * torch.log10(mse)).tolist())
-        scores.append(score_clip(recon[0].permute(1, 2, 3, 0).add(1).div(2).numpy(), prompt))
+        scores.append(recipe.score_clip(recon[0].permute(1, 2, 3, 0).add(1).div(2).numpy(), prompt))
     per_frame = np.mean(psnr, axis=0)
     result = dict(phase=state["phase"], step=state["step"], clips=args.clips,
                   psnr_per_frame_db=[round(float(v), 2) for v in per_frame],
                   psnr_mean_db=round(float(per_frame.mean()), 2), psnr_worst_frame_db=round(float(per_frame.min()), 2),
                   reconstruction_adherence={key: float(np.mean([s[key] for s in scores]))
-                                            for key in ("colour_ok", "count_ok", "motion_ok", "adherence")})
+                                            for key in score_keys(scores[0])})
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def score_keys(score: dict) -> list[str]:
+    """The scores of a `score_clip` result: its booleans, then the adherence."""
+    return [key for key in score if key.endswith("_ok")] + ["adherence"]
 
 
 def summarize(args: argparse.Namespace) -> int:
@@ -473,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="tiny-wan")
     p.add_argument("--out", default=".cache/tiny_wan_train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-lr", type=float, default=1e-3)
@@ -481,17 +568,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-decay-steps", type=int, default=0, help="decay the learning rate over these last steps")
     p.add_argument("--ema", type=float, default=0.995)
-    p.add_argument("--shape-weight", type=float, default=10.0,
-                   help="flow loss weight of latent pixels on a shape (1: plain MSE, as the first 2011 steps)")
+    p.add_argument("--shape-weight", type=float, default=None,
+                   help="flow loss weight of latent pixels on the recipe's mask (tiny-wan: the shapes, default 10; "
+                        "1: plain MSE, as its first 2011 steps; tiny-wan-next: the object, default 3)")
     p.add_argument("--pool-size", type=int, default=2000)
     p.add_argument("--pool-init", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also keep the slim state of every N-th flow step (snapshot_<step>.pt), to measure later")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",
                    help="continue from --out's checkpoint, or from STATE (e.g. models/tiny-wan/training_state.pt)")
     p.set_defaults(func=train)
     p = sub.add_parser("export")
     p.add_argument("--out", default=".cache/tiny_wan_train")
+    p.add_argument("--checkpoint", default="checkpoint.pt", help="or a snapshot_<step>.pt (--snapshot-every)")
     p.add_argument("--to", default="models/tiny-wan")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
     p.set_defaults(func=export)
