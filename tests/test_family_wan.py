@@ -66,3 +66,32 @@ def test_skyreels_block_causal_diffusion_forcing_runs_dense_with_one_warning():
         uninstall(transformer)
     assert len([w for w in caught if issubclass(w.category, DenseFallbackWarning)]) == 1
     torch.testing.assert_close(out, expected)
+
+
+def test_vace_with_two_experts_numbers_each_transformer_in_turn():
+    """Wan 2.2 VACE (A14B-like): `transformer` (base + control blocks) then `transformer_2`; the high-noise expert
+    runs the steps above the boundary (timesteps >= 875 of 1000), the low-noise one the rest."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+
+    base, call = tiny_pipeline_of("WanVACEPipeline")
+    torch.manual_seed(1)
+    expert = WanVACETransformer3DModel(**_WAN_TRANSFORMER, vace_layers=[0, 1],
+                                       vace_in_channels=base.transformer.config.vace_in_channels).eval()
+    pipe = WanVACEPipeline(**{**base.components, "transformer_2": expert}, boundary_ratio=0.875)
+    pipe.set_progress_bar_config(disable=True)
+    info = inspect_model(pipe)
+    assert info.layers_per_transformer == (4, 4) and info.first_layers == (0, 4)
+    recorder = sparse_recorder()
+    install(pipe, recorder)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DenseFallbackWarning)
+            pipe(**{**call, "num_inference_steps": 4}, output_type="latent", generator=torch.Generator().manual_seed(0))
+    finally:
+        uninstall(pipe)
+    by_step: dict = {}
+    for c, _ in recorder.calls:
+        by_step.setdefault(c.step, set()).add(c.layer)
+    assert by_step[0] == {0, 1, 2, 3} and by_step[3] == {4, 5, 6, 7}
+    assert all(layers in ({0, 1, 2, 3}, {4, 5, 6, 7}) for layers in by_step.values())
+    check_against_oracle(recorder)
