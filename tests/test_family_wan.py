@@ -1,5 +1,5 @@
-"""Wan family adapter on the classes built on Wan's blocks: VACE's control branch, SkyReels V2's masked
-diffusion forcing. (Every Wan-family pipeline class runs sparse in test_family_pipelines.py.)"""
+"""Wan family adapter on the classes built on Wan's blocks: VACE's control branch and two VACE experts, SkyReels V2's
+masked diffusion forcing. (Every Wan-family pipeline class runs sparse in test_family_pipelines.py.)"""
 
 from __future__ import annotations
 
