@@ -1,5 +1,6 @@
 """What did tiny-wan's self-attention learn? Per layer and head: the share of softmax mass that is spatial, temporal,
-on sinks, or diffuse, averaged over dense denoising runs of TINY_WAN_PROMPTS.
+on sinks, or diffuse, averaged over dense denoising runs of the model's evaluation prompts (TINY_WAN_PROMPTS, or
+the textures dataset's HELD_OUT_PROMPTS for a tiny-wan-next folder), and how concentrated it is.
 
 For sampled query tokens at latent position (f, y, x), each key's softmax probability goes to exactly one class:
 
@@ -16,14 +17,24 @@ above chance (diffuse when no class exceeds chance by 0.05). With --random-basel
 transformer of the same config with freshly initialised weights, which shows what is learned rather than built
 in (RoPE alone gives a random model a slight bias to nearby keys).
 
+Concentration (issue 20): `top10` is the share of a query's softmax mass held by its 10% most attended keys,
+averaged per call over sampled rows (uniform attention: 0.10). A head counts as `structured` when its spatial or
+temporal share is at least STRUCTURED_RATIO times chance. The summary gives the median top10 over heads, the
+number of structured heads, and with --random-baseline the same for random weights. --trend FILE keeps one
+summary row per exported training step (training.json's flow_steps), to follow a run across its snapshots.
+
     python scripts/analyze_tiny_wan_attention.py --prompts 4 --json scripts/results/tiny_wan_attention.json \
         --markdown scripts/results/tiny_wan_attention.md --random-baseline
+    python scripts/analyze_tiny_wan_attention.py --model-dir .cache/next_500 --prompts 2 --steps 10 \
+        --trend scripts/results/tiny_wan_next_attention_trend.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,12 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffusers.models.transformers.transformer_wan as wan_module  # noqa: E402
 
-from vidsparse.tiny_model import TINY_WAN_CALL, TINY_WAN_PROMPTS, load_tiny_wan  # noqa: E402
+from vidsparse.testing.textures import HELD_OUT_PROMPTS  # noqa: E402
+from vidsparse.tiny_model import TINY_MODEL_DIR, TINY_WAN_CALL, TINY_WAN_PROMPTS  # noqa: E402
 
 SPATIAL_RADIUS = 2
 TEMPORAL_RADIUS = 1
 SINKS = 8
 CLASSES = ("spatial", "temporal", "sink", "diffuse")
+TOP_SHARE = 0.1  # top10: mass on the 10% most attended keys
+STRUCTURED_RATIO = 3.0
+PROMPTS_OF_RECIPE = {"tiny-wan": TINY_WAN_PROMPTS, "tiny-wan-next": HELD_OUT_PROMPTS}
 
 
 def grid_coords(frames: int, height: int, width: int) -> torch.Tensor:
@@ -55,6 +70,7 @@ class AttentionRecorder:
         self.seq = grid[0] * grid[1] * grid[2]
         self.layer = 0
         self.sum: torch.Tensor | None = None  # [layers, heads, rows, keys]
+        self.top_sum: torch.Tensor | None = None  # [layers, heads]: per call, mean top10 over batch and rows
         self.calls = torch.zeros(len(transformer.blocks))
         self.hooks = [block.register_forward_pre_hook(self._enter(i)) for i, block in enumerate(transformer.blocks)]
         self.original = wan_module.dispatch_attention_fn
@@ -70,10 +86,14 @@ class AttentionRecorder:
         if query.shape[1] == key.shape[1] == self.seq:  # self-attention over the video grid ([B, S, H, D])
             q = query[:, self.rows].transpose(1, 2).double()
             k = key.transpose(1, 2).double()
-            probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1).mean(0)  # [H, R, S]
+            full = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)  # [B, H, R, S]
+            probs = full.mean(0)
             if self.sum is None:
                 self.sum = torch.zeros(self.num_layers, *probs.shape, dtype=torch.float64)
+                self.top_sum = torch.zeros(self.num_layers, probs.shape[0], dtype=torch.float64)
             self.sum[self.layer] += probs
+            top = full.topk(math.ceil(TOP_SHARE * self.seq), dim=-1).values.sum(-1)  # [B, H, R]
+            self.top_sum[self.layer] += top.mean(dim=(0, 2))
             self.calls[self.layer] += 1
         return self.original(query, key, value, *args, **kwargs)
 
@@ -82,8 +102,10 @@ class AttentionRecorder:
         for hook in self.hooks:
             hook.remove()
 
-    def mean(self) -> torch.Tensor:
-        return self.sum / self.calls.view(-1, 1, 1, 1).to(self.sum)
+    def mean(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean probability rows [L, H, R, S] and mean top10 [L, H] over the recorded calls."""
+        calls = self.calls.to(self.sum)
+        return self.sum / calls.view(-1, 1, 1, 1), self.top_sum / calls.view(-1, 1)
 
 
 def class_masks(coords: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,12 +117,14 @@ def class_masks(coords: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
     return spatial, temporal
 
 
-def shares(probs: torch.Tensor, spatial: torch.Tensor, temporal: torch.Tensor) -> list[list[dict[str, float]]]:
-    """Per layer and head, the mean share of each class over the sampled rows (probs: [L, H, R, S])."""
+def shares(probs: torch.Tensor, top10: torch.Tensor, spatial: torch.Tensor,
+           temporal: torch.Tensor) -> list[list[dict[str, float]]]:
+    """Per layer and head, the mean share of each class over the sampled rows (probs: [L, H, R, S]) and its top10
+    ([L, H])."""
     result = []
-    for layer in probs:
+    for layer, layer_top in zip(probs, top10):
         heads = []
-        for p in layer:
+        for p, top in zip(layer, layer_top):
             sinks = torch.zeros(p.shape[1], dtype=torch.bool)
             sinks[p.mean(0).topk(SINKS).indices] = True
             sink = sinks[None, :] & ~spatial & ~temporal
@@ -108,16 +132,18 @@ def shares(probs: torch.Tensor, spatial: torch.Tensor, temporal: torch.Tensor) -
                       "sink": (p * sink).sum(1).mean()}
             values = {k: float(v) for k, v in values.items()}
             values["diffuse"] = 1.0 - sum(values.values())
+            values["top10"] = float(top)
             heads.append(values)
         result.append(heads)
     return result
 
 
-def run(pipe, prompts: list[str], rows: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+def run(pipe, prompts: list[str], rows: torch.Tensor, grid: tuple[int, int, int],
+        call: dict) -> tuple[torch.Tensor, torch.Tensor]:
     recorder = AttentionRecorder(pipe.transformer, grid, rows)
     try:
         for i, prompt in enumerate(prompts):
-            pipe(prompt, **TINY_WAN_CALL, output_type="latent", generator=torch.Generator().manual_seed(i))
+            pipe(prompt, **call, output_type="latent", generator=torch.Generator().manual_seed(i))
     finally:
         recorder.remove()
     return recorder.mean()
@@ -130,20 +156,42 @@ def dominant(values: dict[str, float], uniform: dict[str, float]) -> str:
     return best if excess[best] >= 0.05 else "diffuse"
 
 
+def structured(values: dict[str, float], uniform: dict[str, float]) -> bool:
+    """Spatial or temporal share at least STRUCTURED_RATIO times chance."""
+    return max(values["spatial"] / uniform["spatial"], values["temporal"] / uniform["temporal"]) >= STRUCTURED_RATIO
+
+
+def summary(table: list[list[dict[str, float]]], uniform: dict[str, float]) -> dict[str, float]:
+    """Median top10 over heads and how many heads are structured (local or temporal at 3x chance)."""
+    heads = [values for layer in table for values in layer]
+    return dict(median_top10=statistics.median(v["top10"] for v in heads), heads=len(heads),
+                structured_heads=sum(structured(v, uniform) for v in heads),
+                median_spatial_over_chance=statistics.median(v["spatial"] / uniform["spatial"] for v in heads),
+                median_temporal_over_chance=statistics.median(v["temporal"] / uniform["temporal"] for v in heads))
+
+
 def markdown(table: list[list[dict[str, float]]], uniform: dict[str, float], title: str) -> str:
-    lines = [f"**{title}**", "", "| layer | head | " + " | ".join(CLASSES) + " | dominant |",
-             "|---|---|" + "---|" * (len(CLASSES) + 1)]
+    columns = (*CLASSES, "top10")
+    lines = [f"**{title}**", "", "| layer | head | " + " | ".join(columns) + " | dominant | structured |",
+             "|---|---|" + "---|" * (len(columns) + 2)]
     for l, heads in enumerate(table):
         for h, values in enumerate(heads):
-            cells = " | ".join(f"{values[c]:.2f}" for c in CLASSES)
-            lines.append(f"| {l} | {h} | {cells} | {dominant(values, uniform)} |")
-    lines.append("| uniform | - | " + " | ".join(f"{uniform[c]:.3f}" for c in CLASSES) + " | |")
+            cells = " | ".join(f"{values[c]:.2f}" for c in columns)
+            mark = "yes" if structured(values, uniform) else "no"
+            lines.append(f"| {l} | {h} | {cells} | {dominant(values, uniform)} | {mark} |")
+    lines.append("| uniform | - | " + " | ".join(f"{uniform[c]:.3f}" for c in CLASSES) + f" | {TOP_SHARE:.2f} | | |")
+    s = summary(table, uniform)
+    lines += ["", f"median top10 over heads {s['median_top10']:.3f}; structured heads (spatial or temporal >= "
+              f"{STRUCTURED_RATIO:g}x chance) {s['structured_heads']} of {s['heads']}"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=4, help="how many of TINY_WAN_PROMPTS to run")
+    parser.add_argument("--model-dir", default=str(TINY_MODEL_DIR), help="an exported WanPipeline folder")
+    parser.add_argument("--prompts", type=int, default=4, help="how many of the model's evaluation prompts to run")
+    parser.add_argument("--steps", type=int, default=TINY_WAN_CALL["num_inference_steps"], help="denoising steps")
+    parser.add_argument("--trend", default=None, help="JSON file of summary rows by training step, updated")
     parser.add_argument("--rows", type=int, default=256, help="sampled query tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -152,9 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from diffusers import WanPipeline
 
-    pipe = load_tiny_wan()
+    pipe = WanPipeline.from_pretrained(args.model_dir)
     pipe.set_progress_bar_config(disable=True)
+    training_file = Path(args.model_dir) / "training.json"
+    training = json.loads(training_file.read_text()) if training_file.exists() else {}
+    recipe = training.get("recipe", "tiny-wan")
+    call = dict(TINY_WAN_CALL, num_inference_steps=args.steps)
     p = pipe.transformer.config.patch_size
     grid = ((TINY_WAN_CALL["num_frames"] - 1) // pipe.vae_scale_factor_temporal // p[0] + 1,
             TINY_WAN_CALL["height"] // pipe.vae_scale_factor_spatial // p[1],
@@ -166,25 +219,42 @@ def main(argv: list[str] | None = None) -> int:
     uniform = {"spatial": float(spatial.float().mean(1).mean()), "temporal": float(temporal.float().mean(1).mean()),
                "sink": SINKS / seq}
     uniform["diffuse"] = 1.0 - sum(uniform.values())
-    prompts = list(TINY_WAN_PROMPTS[: args.prompts])
+    prompts = list(PROMPTS_OF_RECIPE[recipe][: args.prompts])
 
-    result = dict(model="tiny-wan", call=TINY_WAN_CALL, grid=grid, prompts=prompts, rows=args.rows,
-                  definition=dict(spatial_radius=SPATIAL_RADIUS, temporal_radius=TEMPORAL_RADIUS, sinks=SINKS),
-                  uniform=uniform, trained=shares(run(pipe, prompts, rows, grid), spatial, temporal))
-    text = markdown(result["trained"], uniform, f"tiny-wan (trained), grid {grid[0]}x{grid[1]}x{grid[2]}")
+    result = dict(model=recipe, model_dir=str(args.model_dir), training=training, call=call, grid=grid,
+                  prompts=prompts, rows=args.rows,
+                  definition=dict(spatial_radius=SPATIAL_RADIUS, temporal_radius=TEMPORAL_RADIUS, sinks=SINKS,
+                                  top_share=TOP_SHARE, structured_ratio=STRUCTURED_RATIO),
+                  uniform=uniform, trained=shares(*run(pipe, prompts, rows, grid, call), spatial, temporal))
+    result["summary"] = dict(trained=summary(result["trained"], uniform))
+    text = markdown(result["trained"], uniform, f"{recipe} (trained), grid {grid[0]}x{grid[1]}x{grid[2]}")
     if args.random_baseline:
         from diffusers import WanTransformer3DModel
 
         torch.manual_seed(args.seed)
         pipe.transformer = WanTransformer3DModel.from_config(pipe.transformer.config)
-        result["random_init"] = shares(run(pipe, prompts, rows, grid), spatial, temporal)
+        result["random_init"] = shares(*run(pipe, prompts, rows, grid, call), spatial, temporal)
+        result["summary"]["random_init"] = summary(result["random_init"], uniform)
         text += "\n" + markdown(result["random_init"], uniform, "same architecture, random initialisation")
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(text)
+    if args.trend:
+        update_trend(Path(args.trend), result)
     return 0
+
+
+def update_trend(path: Path, result: dict) -> None:
+    """Add (or replace) the summary row of `result`'s training step in the trend file at `path`."""
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    step = result["training"].get("flow_steps")
+    row = dict(flow_steps=step, train_elapsed_s=result["training"].get("train_elapsed_s"),
+               prompts=len(result["prompts"]), steps=result["call"]["num_inference_steps"], **result["summary"])
+    rows = sorted([r for r in rows if r["flow_steps"] != step] + [row], key=lambda r: r["flow_steps"] or 0)
+    path.write_text(json.dumps(dict(model=result["model"], definition=result["definition"], uniform=result["uniform"],
+                                    rows=rows), indent=1) + "\n")
 
 
 if __name__ == "__main__":
