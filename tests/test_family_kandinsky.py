@@ -81,6 +81,6 @@ def test_kandinsky5_nabla_calls_keep_the_models_sparse_kernel_with_one_warning()
     finally:
         vidsparse.unpatch(pipe)
     fallbacks = [str(w.message) for w in caught if issubclass(w.category, DenseFallbackWarning)]
-    assert len(fallbacks) == 1 and "latent grid of this call is unknown" in fallbacks[0]
+    assert len(fallbacks) == 1 and "attention mask is a BlockMask" in fallbacks[0]
     assert controller.stats["sparse_calls"] == 0
     assert torch.equal(patched, reference)

@@ -17,7 +17,8 @@ Made for torch.compile:
 - An op whose installation is gone (a processor saved by the user and put back after `unpatch`) runs the original
   kernel: nothing sparse escapes an unpatch.
 
-Calls the op cannot represent (dropout, causal masks, backend-specific `attention_kwargs`) and calls under
+Calls the op cannot represent (dropout, causal masks, backend-specific `attention_kwargs`, masks that are not
+tensors, such as the FlexAttention BlockMask of Kandinsky 5's NABLA checkpoints) and calls under
 diffusers' context parallelism stay outside it, in eager Python (a graph break, for those cases only).
 """
 
@@ -116,11 +117,27 @@ def attention(
     sdpa: bool,
 ) -> torch.Tensor:
     """A patched layer's attention: sparse or dense as the installation decides at run time (see module doc)."""
+    return run_attention(query, key, value, attn_mask, token, scale, enable_gqa, backend, sdpa)
+
+
+def run_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    token: torch.Tensor,
+    scale: float | None,
+    enable_gqa: bool,
+    backend: str | None,
+    sdpa: bool,
+) -> torch.Tensor:
+    """What `torch.ops.vidsparse.attention` runs (a plain function, so tests can step into the op)."""
     call = KernelCall(query, key, value, attn_mask, scale, enable_gqa, backend, sdpa)
-    installation = LIVE.get(int(token[0]))
+    installation_key, layer = token.tolist()  # a host tensor: no device sync
+    installation = LIVE.get(installation_key)
     if installation is None:  # the processor outlived its installation
         return in_call_layout(call, call.original())
-    return installation(int(token[1]), call)
+    return installation(layer, call)
 
 
 @attention.register_fake
@@ -149,7 +166,7 @@ def dispatch_slot(
     parallel_config: Any = None,
 ) -> torch.Tensor:
     """Stands in for diffusers' `dispatch_attention_fn` (same signature) inside patched processors."""
-    if parallel_config is not None or dropout_p or is_causal or attention_kwargs:
+    if parallel_config is not None or dropout_p or is_causal or attention_kwargs or not _tensor_or_none(attn_mask):
         return _outside_the_op(
             dict(query=query, key=key, value=value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                  scale=scale, enable_gqa=enable_gqa, attention_kwargs=attention_kwargs, backend=backend,
@@ -172,12 +189,16 @@ def sdpa_slot(
     enable_gqa: bool = False,
 ) -> torch.Tensor:
     """Stands in for `F.scaled_dot_product_attention` inside patched processors that call it directly."""
-    if dropout_p or is_causal:
+    if dropout_p or is_causal or not _tensor_or_none(attn_mask):
         return _outside_the_op(
             dict(query=query, key=key, value=value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                  scale=scale, enable_gqa=enable_gqa),
         )
     return torch.ops.vidsparse.attention(query, key, value, attn_mask, _CURRENT.token, scale, enable_gqa, None, True)
+
+
+def _tensor_or_none(mask: Any) -> bool:
+    return mask is None or isinstance(mask, torch.Tensor)
 
 
 @torch.compiler.disable
@@ -186,13 +207,15 @@ def _outside_the_op(arguments: dict[str, Any]) -> torch.Tensor:
     sdpa = "parallel_config" not in arguments
     if not sdpa and arguments["parallel_config"] is not None:
         return context_parallel_attention(dispatch_slot, arguments)
-    token = _CURRENT.token
-    installation = LIVE.get(int(token[0]))
+    installation_key, layer = _CURRENT.token.tolist()
+    installation = LIVE.get(installation_key)
     if installation is not None:
         reason = "attention dropout is on" if arguments["dropout_p"] else "causal attention"
         if not sdpa and arguments["attention_kwargs"]:
             reason = "backend-specific attention_kwargs were given"
-        installation.warn_once(reason, int(token[1]))
+        if not _tensor_or_none(arguments["attn_mask"]):
+            reason = f"the attention mask is a {type(arguments['attn_mask']).__name__}, not a tensor"
+        installation.warn_once(reason, layer)
     if sdpa:
         return F.scaled_dot_product_attention(**arguments)
     from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -259,5 +282,6 @@ def sparse_processor(original: Any, kernel_global: str, installation_key: int, l
     """A patched copy of processor `original` for layer `layer` of installation `installation_key`."""
     processor = object.__new__(sparse_processor_class(type(original), kernel_global))
     processor.__dict__.update(vars(original))
-    processor._vidsparse_token = torch.tensor([installation_key, layer], dtype=torch.int64)
+    processor._vidsparse_token = token = torch.tensor([installation_key, layer], dtype=torch.int64)
+    token.vidsparse_layer_token = True  # read on the host on purpose (see vidsparse.testing.host_sync)
     return processor

@@ -26,10 +26,11 @@ construction and a sync per call would stall the GPU.
 from __future__ import annotations
 
 import math
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass
 
 import torch
 
+from .device_cache import on_device
 from .layout import VideoLayout
 
 
@@ -47,7 +48,6 @@ class BlockPlan:
     kv_len: int
     layout: VideoLayout | None = None
     skip_heads: torch.Tensor | None = None
-    _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
     check: InitVar[bool] = True
 
     def __post_init__(self, check: bool) -> None:
@@ -171,10 +171,10 @@ class BlockPlan:
 
     # ----- token <-> block bookkeeping ---------------------------------------------------------------
     def _cached(self, key: str, device: torch.device, make) -> torch.Tensor:
-        slot = (key, str(device))
-        if slot not in self._device_cache:
-            self._device_cache[slot] = make().to(device)
-        return self._device_cache[slot]
+        """Token/block bookkeeping depends on the geometry only: uploaded once per geometry and device, so the
+        plans the controller builds on every call reuse it (see `vidsparse.device_cache`)."""
+        geometry = self.layout if self.layout is not None else (self.q_len, self.kv_len, self.block_q, self.block_k)
+        return on_device(geometry, key, device, make)
 
     def q_block_lengths(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """int32 [Mq]: real query tokens in each query block."""

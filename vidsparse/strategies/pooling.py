@@ -68,9 +68,10 @@ def smallest_covering_set(weights: torch.Tensor, target: torch.Tensor | float, b
     """
     ordered, order = torch.sort(weights, dim=-1, descending=True, stable=True)
     before = torch.cumsum(ordered, dim=-1) - ordered  # mass of the entries ranked above each one
-    base = torch.as_tensor(base, dtype=weights.dtype, device=weights.device)
-    target = torch.as_tensor(target, dtype=weights.dtype, device=weights.device)
-    take = (base.unsqueeze(-1) + before) < target.unsqueeze(-1)
+    # Python numbers stay numbers: turning them into device tensors would upload them on every call.
+    base = base.unsqueeze(-1) if isinstance(base, torch.Tensor) else base
+    target = target.unsqueeze(-1) if isinstance(target, torch.Tensor) else target
+    take = (before + base) < target
     return torch.zeros_like(take).scatter_(-1, order, take)
 
 

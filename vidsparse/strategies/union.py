@@ -67,7 +67,9 @@ class Union(Strategy):
             return _cached_static_union(self, layout)
         if q is None or k is None:
             raise ValueError("union: a part is dynamic, so the union needs q and k")
-        return union_of_plans([part.plan(layout, q, k) for part in self.parts])
+        return union_of_plans(
+            [part.plan(layout, q, k) if part.is_dynamic else _static_plan_on(part, layout, q.device) for part in self.parts]
+        )
 
     def block_mask(self, layout: VideoLayout) -> torch.Tensor:
         if self.is_dynamic:
@@ -107,11 +109,13 @@ def union_of_plans(plans: list[BlockPlan]) -> BlockPlan:
             raise ValueError(
                 f"union: part plans must share the layout and have batch 1 or {batch} and heads 1 or {heads}"
             )
-        mask |= p.to_block_mask().to(first.device)
+        if p.device != first.device:
+            raise ValueError(f"union: part plans must be on one device, got {p.device} and {first.device}")
+        mask |= p.to_block_mask()
         if p.skip_heads is None:
             skipped[:] = False
         else:
-            skipped &= p.skip_heads.to(first.device).expand(heads)
+            skipped &= p.skip_heads.expand(heads)
     # Plans of valid parts union to a valid plan; skip_heads stays a tensor (all False is the same as None, and
     # asking which it is would read it back to the host).
     return per_call_plan(mask, first.layout, skip_heads=skipped)
@@ -120,3 +124,9 @@ def union_of_plans(plans: list[BlockPlan]) -> BlockPlan:
 @lru_cache(maxsize=256)
 def _cached_static_union(strategy: Union, layout: VideoLayout) -> BlockPlan:
     return union_of_plans([part.plan(layout) for part in strategy.parts])
+
+
+@lru_cache(maxsize=256)
+def _static_plan_on(strategy: Strategy, layout: VideoLayout, device: torch.device) -> BlockPlan:
+    """A static part's plan on the device of the dynamic parts, moved there once (not on every call)."""
+    return strategy.plan(layout).to(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -149,9 +150,9 @@ class VMoBA(Strategy):
         return chunk, used.numel()
 
     def _chunk_on(self, layout: VideoLayout, device: torch.device) -> tuple[torch.Tensor, int]:
-        """`chunk_of_block` with the chunk map on `device` (uploaded once per layout and device)."""
-        n_chunks = self.chunk_of_block(layout)[1]
-        return on_device((self, layout), "chunk_of_block", device, lambda: self.chunk_of_block(layout)[0]), n_chunks
+        """`chunk_of_block` with the chunk map on `device`, computed and uploaded once per layout and device."""
+        chunk, n_chunks = _cached_chunks(self, layout)
+        return on_device((self, layout), "chunk_of_block", device, lambda: chunk), n_chunks
 
     def gates(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """g: float [B, H, Mv, C], pooled query of each video block . mean key of each chunk."""
@@ -211,3 +212,8 @@ class VMoBA(Strategy):
         _, n_chunks = self.chunk_of_block(layout)
         kept = self.topk if self.select_mode == "topk" else 1 + math.ceil(self.simsum_threshold * n_chunks)
         return density_with_text(layout, min(n_chunks, kept) / n_chunks)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_chunks(strategy: VMoBA, layout: VideoLayout) -> tuple[torch.Tensor, int]:
+    return strategy.chunk_of_block(layout)
