@@ -1,0 +1,85 @@
+"""The attention analysis script's measures: the top-10% key mass of a recorded call against a direct float64
+computation, structured heads against chance, and the trend file of a run's snapshots."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "analyze_tiny_wan_attention.py"
+
+
+@pytest.fixture(scope="module")
+def analyze():
+    spec = importlib.util.spec_from_file_location("analyze_tiny_wan_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class TwoBlocks(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
+
+
+def test_recorder_top10_and_shares_match_a_direct_computation(analyze):
+    grid = (2, 3, 4)
+    seq = 2 * 3 * 4
+    rows = torch.tensor([0, 5, 13, 23])
+    model = TwoBlocks()
+    recorder = analyze.AttentionRecorder(model, grid, rows)
+    expected_top = torch.zeros(2, 3, dtype=torch.float64)
+    expected_probs = torch.zeros(2, 3, len(rows), seq, dtype=torch.float64)
+    try:
+        for layer in (0, 1, 1):
+            model.blocks[layer](torch.zeros(1))  # the pre-hook sets the layer
+            q, k, v = (torch.randn(2, seq, 3, 8) for _ in range(3))
+            analyze.wan_module.dispatch_attention_fn(q, k, v)
+            logits = torch.einsum("bshd,bthd->bhst", q.double(), k.double())[:, :, rows] / math.sqrt(8)
+            p = logits.softmax(-1)
+            top = p.sort(-1, descending=True).values[..., : math.ceil(0.1 * seq)].sum(-1)  # [B, H, R]
+            weight = 1.0 if layer == 0 else 0.5  # layer 1 is averaged over its two calls
+            expected_top[layer] += weight * top.mean(dim=(0, 2))
+            expected_probs[layer] += weight * p.mean(0)
+    finally:
+        recorder.remove()
+    probs, top10 = recorder.mean()
+    torch.testing.assert_close(top10, expected_top)
+    torch.testing.assert_close(probs, expected_probs)
+    spatial, temporal = analyze.class_masks(analyze.grid_coords(*grid), rows)
+    table = analyze.shares(probs, top10, spatial, temporal)
+    head = table[1][2]
+    assert head["top10"] == pytest.approx(float(expected_top[1, 2]))
+    assert head["spatial"] == pytest.approx(float((expected_probs[1, 2] * spatial).sum(1).mean()))
+
+
+def test_structured_heads_and_summary(analyze):
+    uniform = {"spatial": 0.01, "temporal": 0.03, "sink": 0.003, "diffuse": 0.957}
+    local = {"spatial": 0.05, "temporal": 0.03, "top10": 0.8}  # 5x chance, spatially
+    moving = {"spatial": 0.01, "temporal": 0.09, "top10": 0.7}  # 3x chance, temporally
+    diffuse = {"spatial": 0.02, "temporal": 0.05, "top10": 0.3}
+    assert analyze.structured(local, uniform) and analyze.structured(moving, uniform)
+    assert not analyze.structured(diffuse, uniform)
+    s = analyze.summary([[local, moving], [diffuse, diffuse]], uniform)
+    assert s["structured_heads"] == 2 and s["heads"] == 4 and s["median_top10"] == pytest.approx(0.5)
+
+
+def test_trend_keeps_one_row_per_training_step(analyze, tmp_path):
+    path = tmp_path / "trend.json"
+
+    def result(step, value):
+        return dict(model="tiny-wan-next", definition={}, uniform={}, prompts=["p"], call={"num_inference_steps": 10},
+                    training={"flow_steps": step, "train_elapsed_s": 1.0}, summary={"trained": {"median_top10": value}})
+
+    for step, value in ((200, 0.5), (100, 0.4), (200, 0.6)):
+        analyze.update_trend(path, result(step, value))
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["flow_steps"], r["trained"]["median_top10"]) for r in rows] == [(100, 0.4), (200, 0.6)]
