@@ -46,9 +46,9 @@ GRIDS = {
     "LTX2ImageToVideoPipeline": (5, 16, 16),
     "LTX2ConditionPipeline": (6, 16, 16),  # + the keyframe condition's latent frame, appended
     # + the reference video's frames, appended: the tiny VAE only downsamples in space when it encodes (its reported
-    # 2x in time sizes the generated latents), so 9 reference frames are 9 latent frames.
-    "LTX2InContextPipeline": (14, 16, 16),
-    "LTX2HDRPipeline": (14, 16, 16),
+    # 2x in time sizes the generated latents), so 5 reference frames are 5 latent frames.
+    "LTX2InContextPipeline": (10, 16, 16),
+    "LTX2HDRPipeline": (10, 16, 16),
     "LTX2DFRPipeline": (6, 16, 16),  # + the generated keyframe slot, one latent frame
     # CogVideoX VAE 4x in time, 8x in space, patch 2: 9 frames at 256 px -> 3 x 16 x 16.
     "CogVideoXImageToVideoPipeline": (3, 16, 16),

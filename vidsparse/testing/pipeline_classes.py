@@ -314,5 +314,5 @@ def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
 
         reference = (pipeline_ltx2_ic_lora.LTX2ReferenceCondition if class_name == "LTX2InContextPipeline"
                      else pipeline_ltx2_hdr_lora.LTX2HDRReferenceCondition)
-        call["reference_conditions"] = [reference(frames=_frames(9, 32))]
+        call["reference_conditions"] = [reference(frames=_frames(5, 32))]
     return _diffusers(class_name)(**components), call
