@@ -173,9 +173,7 @@ def dispatch_slot(
                  parallel_config=parallel_config),
         )
     backend_name = None if backend is None else getattr(backend, "value", backend)
-    return torch.ops.vidsparse.attention(
-        query, key, value, attn_mask, _CURRENT.token, scale, enable_gqa, backend_name, False
-    )
+    return _attention(query, key, value, attn_mask, _CURRENT.token, scale, enable_gqa, backend_name, False)
 
 
 def sdpa_slot(
@@ -194,7 +192,15 @@ def sdpa_slot(
             dict(query=query, key=key, value=value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                  scale=scale, enable_gqa=enable_gqa),
         )
-    return torch.ops.vidsparse.attention(query, key, value, attn_mask, _CURRENT.token, scale, enable_gqa, None, True)
+    return _attention(query, key, value, attn_mask, _CURRENT.token, scale, enable_gqa, None, True)
+
+
+def _attention(query: torch.Tensor, *args: Any) -> torch.Tensor:
+    """The op for inference; with gradients wanted (training through a patched model), its body in plain torch ops,
+    which autograd differentiates (the op has no backward formula of its own)."""
+    if torch.is_grad_enabled() and query.requires_grad:
+        return run_attention(query, *args)
+    return torch.ops.vidsparse.attention(query, *args)
 
 
 def _tensor_or_none(mask: Any) -> bool:

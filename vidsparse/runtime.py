@@ -516,7 +516,9 @@ class _Installation:
         attention_call = AttentionCall(
             layer=layer, step=step, num_steps=num_steps, q=q, k=k, v=v, layout=layout, scale=call.scale,
             heads=shard.heads if shard else None, total_heads=shard.total if shard else None, branch=self._branch,
-            out=out, _dense=functools.partial(call.original, q, k, v, None),
+            # Kernels write into `out` in place, which autograd cannot follow: with gradients, copy instead.
+            out=None if torch.is_grad_enabled() and q.requires_grad else out,
+            _dense=functools.partial(call.original, q, k, v, None),
         )
         result = self.controller(attention_call)
         if not isinstance(result, torch.Tensor) or result.shape != q.shape:
