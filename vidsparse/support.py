@@ -45,6 +45,8 @@ NOT_APPLICABLE: dict[str, str] = {
     "after it: a layout with extra tokens on both sides, which VideoLayout cannot describe yet",
     "WanAnimate2Transformer3DModel": "its generation pass is already block-sparse (a flex BlockMask over "
     "[generation, reference] tokens)",
+    "SanaWMTransformer3DModel": "its softmax layers are plain modules calling SDPA in their forward, not diffusers "
+    "attention processors the runtime could rebind (its other layers are linear GDN attention)",
 }
 
 
