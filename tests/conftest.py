@@ -2,8 +2,9 @@
 
 - Triton runs in its CPU interpreter when there is no GPU. TRITON_INTERPRET must be set before any
   @triton.jit function is defined, hence here, before the package is imported.
-- Inputs are fresh random draws every run: the run's base seed is printed in pytest's header and a failure
-  is reproduced with VIDSPARSE_TEST_SEED=<seed>. Each test is seeded from the base seed and its own name.
+- Inputs are fresh random draws every run: the run's base seed is printed in pytest's header and after the
+  summary (`make test` runs -q, which has no header); a failure is reproduced with VIDSPARSE_TEST_SEED=<seed>.
+  Each test is seeded from the base seed and its own name.
 """
 
 import os
@@ -22,6 +23,11 @@ BASE_SEED = int(os.environ.get("VIDSPARSE_TEST_SEED", random.SystemRandom().rand
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"vidsparse: VIDSPARSE_TEST_SEED={BASE_SEED}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Also at the end: `make test` runs pytest -q, which prints no header, and a failure needs the seed.
+    terminalreporter.write_line(f"vidsparse: VIDSPARSE_TEST_SEED={BASE_SEED}")
 
 
 @pytest.fixture(autouse=True)
