@@ -49,11 +49,11 @@ def register_builder(
 
 
 def tiny_pipeline(family: str, *, variant: str | None = None, seed: int = 0, **overrides: Any) -> Any:
-    """A runnable tiny pipeline of `family` ("wan", "hunyuan", "cogvideox", "ltx", "mochi") on CPU, float32.
+    """A runnable tiny pipeline of `family` (any of `vidsparse.families.available_families()`) on CPU, float32.
 
     Args:
-        variant: family-specific flavour (wan: "t2v", "a14b", "i2v", "ti2v"; cogvideox: "1.0" or "1.5");
-            None = the first.
+        variant: family-specific flavour (wan: "t2v", "a14b", "i2v", "ti2v"; cogvideox: "1.0" or "1.5"; for the
+            families built in `pipelines_<family>.py`, one per pipeline class, listed there); None = the first.
         seed: seed of the random weights (the global RNG state is left as it was).
         overrides: transformer config entries to change (e.g. num_layers=1).
     """
