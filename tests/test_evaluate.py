@@ -87,6 +87,11 @@ def test_eval_end_to_end_and_reproducible(pipe, tmp_path):
     np.testing.assert_allclose(table[0], 1.0)
     np.testing.assert_allclose(table[1], (1.0 + sparse) / 2, rtol=1e-9)
     assert window["density"]["sparse_calls"] == 2 * 2  # 2 runs x step 1 x layer 1 x 2 CFG branches
+    # Which kernel ran which calls: vidsparse's CPU kernel for the sparse ones, the model's own for the rest.
+    assert window["density"]["calls_by_backend"] == {
+        "vidsparse:gather": window["density"]["sparse_calls"],
+        "diffusers:default": window["density"]["attention_calls"] - window["density"]["sparse_calls"],
+    }
     np.testing.assert_allclose(dense["density"]["per_layer_head"], 1.0)
 
     # Same command twice (timed on another clock): the same quality numbers.

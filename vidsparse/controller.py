@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Hashable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .attention import run_plan
+from .attention import resolve_backend, run_plan
 from .layout import VideoLayout
 from .plan import BlockPlan
 from .runtime import AttentionCall
@@ -137,8 +137,10 @@ class SparseController:
     - A call whose heads are all dense runs the model's own dense kernel.
 
     Attributes:
-        stats: counters for reports: "dense_calls", "sparse_calls", and "density_sum" (sum over sparse calls of
-            the plan's mean density); reading it waits for the device once.
+        stats: counters for reports: "dense_calls", "sparse_calls", "density_sum" (sum over sparse calls of
+            the plan's mean density; reading it waits for the device once) and "calls_by_backend": how many calls
+            each kernel ran, "vidsparse:<backend>" for sparse calls, the model's own ("diffusers:<its attention
+            backend>", "torch:sdpa") for dense ones.
         reuse: the PlanCache of reusable dynamic plans (`plans_made` / `plans_reused` count searches and reuses).
     """
 
@@ -152,11 +154,12 @@ class SparseController:
         self._sparse_calls = 0
         self._density_sum: float | torch.Tensor = 0.0  # a device scalar once a dynamic plan ran
         self._static_density: float | None = None  # of the plan `plan` returned last, if static
-
+        self._backend_calls: Counter[str] = Counter()
+        self._resolved: dict[torch.device, str] = {}  # backend name per device
     @property
     def stats(self) -> dict[str, int | float]:
         return {"dense_calls": self._dense_calls, "sparse_calls": self._sparse_calls,
-                "density_sum": float(self._density_sum)}
+                "density_sum": float(self._density_sum), "calls_by_backend": dict(self._backend_calls)}
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         num_heads = call.q.shape[1]
@@ -165,6 +168,7 @@ class SparseController:
             strategies = strategies[call.heads.start : call.heads.stop]
         if strategies is None or all(isinstance(s, Dense) for s in strategies):
             self._dense_calls += 1
+            self._backend_calls[call.dense_backend] += 1
             return call.dense()
         if len(strategies) != num_heads:
             raise ValueError(f"policy gave {len(strategies)} strategies for layer {call.layer} with {num_heads} heads")
@@ -173,7 +177,11 @@ class SparseController:
         # Static plans know their density on the host; a dynamic one adds a device scalar (read when asked).
         density = self._static_density if self._static_density is not None else plan.density(per_head=True).mean()
         self._density_sum = self._density_sum + density
-        return run_plan(call.q, call.k, call.v, plan, scale=call.scale, backend=self.backend, out=call.out)
+        backend = self._resolved.get(call.q.device)
+        if backend is None:
+            backend = self._resolved[call.q.device] = resolve_backend(self.backend, call.q.device)
+        self._backend_calls[f"vidsparse:{backend}"] += 1
+        return run_plan(call.q, call.k, call.v, plan, scale=call.scale, backend=backend, out=call.out)
 
     def plan(
         self,

@@ -78,6 +78,8 @@ class AttentionCall:
             guidance pass of pipelines that run the two separately): plans reused across steps are kept per branch.
         out: where the controller may write the output ([B, H, S, D] view of the buffer the model gets back),
             None to return a new tensor.
+        dense_backend: what `dense()` runs: "diffusers:<backend>" (the attention backend the user set, "default"
+            when none) or "torch:sdpa" for processors that call torch's SDPA directly.
     """
 
     layer: int
@@ -93,6 +95,7 @@ class AttentionCall:
     total_heads: int | None = None
     branch: int = 0
     out: torch.Tensor | None = field(default=None, repr=False)
+    dense_backend: str = "torch:sdpa"
     _dense: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     def dense(self) -> torch.Tensor:
@@ -518,6 +521,7 @@ class _Installation:
             heads=shard.heads if shard else None, total_heads=shard.total if shard else None, branch=self._branch,
             # Kernels write into `out` in place, which autograd cannot follow: with gradients, copy instead.
             out=None if torch.is_grad_enabled() and q.requires_grad else out,
+            dense_backend="torch:sdpa" if call.sdpa else f"diffusers:{call.backend or 'default'}",
             _dense=functools.partial(call.original, q, k, v, None),
         )
         result = self.controller(attention_call)

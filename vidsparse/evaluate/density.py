@@ -85,4 +85,7 @@ class DensityRecorder:
             "attention_calls": self.num_calls,
             "sparse_calls": sparse_calls,
             "per_layer_head": [[None if np.isnan(x) else float(x) for x in row] for row in table],
+            # Which kernel ran the calls (all runs of this controller): vidsparse's for sparse ones, the model's own
+            # attention backend for dense ones.
+            "calls_by_backend": dict(getattr(self.controller, "stats", {}).get("calls_by_backend", {})),
         }

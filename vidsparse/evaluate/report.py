@@ -125,6 +125,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_num(density['mean_density_sparse_calls'], 3)}). Largest difference between repeated runs: "
             f"{v['repeat_max_abs_diff']:.3g}.",
             "",
+            "Kernels that ran the calls (all runs): " + (", ".join(
+                f"{name} {count}" for name, count in sorted(density.get("calls_by_backend", {}).items())) or "none"),
+            "",
             "| prompt | seed | PSNR dB | SSIM | LPIPS | worst frame PSNR dB | videos |",
             "|---|---|---|---|---|---|---|",
         ]
