@@ -125,7 +125,7 @@ RECIPES: dict[str, Recipe] = {
                        TRANSFORMER_CONFIG, VAE_STAGES, None, 10.0),
     "tiny-wan-next": Recipe(textures_clip, textures.prompt_vocabulary, textures.score_clip, textures.HELD_OUT_PROMPTS,
                             dict(TRANSFORMER_CONFIG, num_attention_heads=4, ffn_dim=512, num_layers=4),
-                            ((1, 4, 400), (5, 2, 200), (17, 1, 100)), "models/tiny-wan/vae", 3.0),
+                            ((1, 4, 400), (5, 2, 200), (17, 1, 300)), "models/tiny-wan/vae", 3.0),
 }
 
 
