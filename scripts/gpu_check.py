@@ -16,6 +16,9 @@ scripts/results/gpu_check_<device>.json). Sections (`--sections` runs a subset):
                  default strategy, patched with a mixed per-head policy (bench_overhead's mixed layer); the first
                  layer stays dense in both
     compile      the same forward under torch.compile(fullgraph=True): dense vs patched with the default strategy
+    overhead     host milliseconds of one patched layer call with a no-op kernel (scripts/bench_overhead.py on the
+                 device: default, mixed, blockified refresh and reuse at Wan 480p and HunyuanVideo 720p); targets
+                 <= 0.3 ms per static call, <= 2 ms per dynamic call
     syncs        host syncs of a steady-state forward (after one warm-up forward) under
                  torch.cuda.set_sync_debug_mode("warn") for dense, default and mixed, and the syncs and uploads inside
                  the patched attention op counted by vidsparse.testing.host_sync.HostSyncCounter
@@ -50,6 +53,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.nn.attention.flex_attention import flex_attention  # noqa: E402
 
+import bench_overhead  # noqa: E402
 import bench_pipeline  # noqa: E402
 import vidsparse  # noqa: E402
 from bench_attention import CUDA_SHAPES, device_name, nearest_plan, sampled_error, timed  # noqa: E402
@@ -62,7 +66,7 @@ from vidsparse.patch import install  # noqa: E402
 from vidsparse.testing.host_sync import HostSyncCounter  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("correctness", "kernel", "step", "compile", "syncs")
+SECTIONS = ("correctness", "kernel", "overhead", "step", "compile", "syncs")
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
 SDPA_BACKENDS = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
 
@@ -74,6 +78,8 @@ CORRECTNESS_SHAPES = {
 }
 DRY_SHAPES = {"dry run: 4 x 16 x 16 +16 text, B=1 H=2 D=32 fp32": (VideoLayout(4, 16, 16, text_tokens=16), 1, 2, 32,
                                                                     torch.float32)}
+DRY_OVERHEAD = bench_overhead.Geometry("dry run: 4 x 16 x 16 +16 text (B=2, H=12, D=32)",
+                                       VideoLayout(4, 16, 16, text_tokens=16), batch=2, heads=12, head_dim=32)
 # Max abs error over the float64 oracle allowed beyond twice SDPA's own (accumulation order differs).
 SLACK = {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 1e-4}
 
@@ -88,6 +94,7 @@ class Setup:
         self.correctness_shapes = DRY_SHAPES if dry_run else CORRECTNESS_SHAPES
         self.kernel_shapes = DRY_SHAPES if dry_run else CUDA_SHAPES
         self.densities = (1.0, 0.2) if dry_run else DENSITIES
+        self.overhead_geometries = [DRY_OVERHEAD] if dry_run else list(bench_overhead.GEOMETRIES.values())
         self.geometry = (bench_pipeline.TINY if dry_run else bench_pipeline.GEOMETRIES)["wan"]
         self.model_dtype = torch.float32 if dry_run else torch.bfloat16
         self.compile_backend = "eager" if dry_run else "inductor"
@@ -161,6 +168,11 @@ def kernel_speed(setup: Setup) -> list[dict]:
             add("flex", density, lambda: timed(lambda: setup.flex(qw, kw, vw, block_mask=block_mask),
                                                setup.repeats, setup.device))
     return results
+
+
+def host_overhead(setup: Setup) -> list[dict]:
+    return [row for geometry in setup.overhead_geometries
+            for row in bench_overhead.bench(geometry, setup.repeats, setup.device)]
 
 
 def _mixed_controller(heads: int, backend: str) -> SparseController:
@@ -281,6 +293,7 @@ def run(setup: Setup, sections: list[str]) -> dict:
             if section in ("step", "compile", "syncs") and model is None:
                 model, inputs = _model(setup)
             work = {"correctness": lambda: check_correctness(setup), "kernel": lambda: kernel_speed(setup),
+                    "overhead": lambda: host_overhead(setup),
                     "step": lambda: patched_steps(setup, model, inputs),
                     "compile": lambda: compiled_steps(setup, model, inputs),
                     "syncs": lambda: host_syncs(setup, model, inputs)}[section]

@@ -26,7 +26,7 @@ def test_dry_run_writes_every_section(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] is True
-    assert {"device", "versions", "date", "correctness", "kernel", "step", "compile", "syncs"} <= set(report)
+    assert {"device", "versions", "date", "correctness", "kernel", "overhead", "step", "compile", "syncs"} <= set(report)
     assert {"torch", "diffusers", "triton"} <= set(report["versions"])
 
     assert len(report["correctness"]) == 2  # density 1.0 and 0.2 on the dry-run shape
@@ -38,6 +38,12 @@ def test_dry_run_writes_every_section(tmp_path):
     assert {"triton", "flex"} <= {name for name, _ in kernels}
     assert all(r["tflops"] > 0 for r in report["kernel"] if "error" not in r)
     assert any(r["kernel"] == "sdpa-cudnn" for r in report["kernel"])  # reported even when unavailable
+
+    overhead = {row["case"]: row for row in report["overhead"]}
+    assert len(overhead) == 4 and overhead["default (static)"]["dynamic"] is False
+    for row in overhead.values():  # the controller's path reads nothing back and uploads nothing in steady state
+        assert row["syncs"] == {} and row["uploads"] == {}, row
+    assert overhead["blockified reuse"]["plans_reused"] > 0 and overhead["blockified refresh"]["plans_reused"] == 0
 
     step = report["step"]
     assert step["dense_s"] > 0 and step["default_s"] > 0 and step["mixed_s"] > 0
