@@ -175,3 +175,13 @@ def test_vmoba_partition_cycles_across_patched_layers():
         uninstall(pipe)
     assert plans and all(same for same, _ in plans)
     assert not all(indistinct for _, indistinct in plans)  # the partitions do give other plans
+
+
+def test_the_profiler_charges_a_reused_plan_once_per_refresh():
+    """What the profiler divides a dynamic candidate's measured planning time by: the steps one plan serves."""
+    from vidsparse.profiler.scoring import steps_served
+
+    assert steps_served(get("blockified", refresh_every=10)) == 10
+    assert steps_served(get("blockified", refresh_every=1)) == 1
+    assert steps_served(get("draft")) == steps_served(get("vmoba")) == 1  # planned on every call
+    assert steps_served(get("draft") | get("blockified", refresh_every=4)) == 1  # a union re-plans with its draft part
