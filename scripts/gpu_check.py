@@ -1,8 +1,8 @@
 """The one script to run the day a GPU is lent: kernel correctness and speed, patched steps, compile, host syncs.
 
 Sized for 8 minutes on one H100/H200 with nothing but the repository and pip (random inputs and weights, no
-downloads; not yet run on a GPU: if it runs long, run the sections separately with `--sections`), and writes one JSON with the device, the versions and the date (default
-scripts/results/gpu_check_<device>.json). Sections (`--sections` runs a subset):
+downloads; not yet run on a GPU: if it runs long, run the sections separately). Writes one JSON with the device,
+the versions and the date (default scripts/results/gpu_check_<device>.json). Sections (`--sections` runs a subset):
 
     correctness  bf16 output of the Triton kernel on random block plans (bench_attention's `nearest` plans, density
                  1.0 and 0.2) at Wan 2.1 480p (B=2, 12 heads) and HunyuanVideo 720p + 256 text tokens (B=1, 24
