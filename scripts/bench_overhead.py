@@ -98,7 +98,8 @@ class FixedHeads:
 def mixed_layer(heads: int, layer: int = LAYER) -> list[Strategy]:
     """The issue's mixed layer: per 12 heads, 4 draft, 3 diagonal, 3 vmoba, 2 sampled-stripe, scaled to `heads`
     (24 heads: 8/6/6/4; 2 heads: draft, vmoba)."""
-    twelve = [get("draft")] * 4 + [get("diagonal")] * 3 + [get("vmoba").at_layer(layer)] * 3 + [get("stripe", top_k=2)] * 2
+    twelve = ([get("draft")] * 4 + [get("diagonal")] * 3 + [get("vmoba").at_layer(layer)] * 3
+              + [get("stripe", top_k=2)] * 2)
     return [twelve[head * 12 // heads] for head in range(heads)]
 
 

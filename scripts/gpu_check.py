@@ -105,7 +105,8 @@ class Setup:
 
 def random_qkv(layout: VideoLayout, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
                generator: torch.Generator) -> list[torch.Tensor]:
-    return [torch.randn(batch, heads, layout.seq_len, head_dim, generator=generator).to(device, dtype) for _ in range(3)]
+    shape = (batch, heads, layout.seq_len, head_dim)
+    return [torch.randn(shape, generator=generator).to(device, dtype) for _ in range(3)]
 
 
 def check_correctness(setup: Setup) -> list[dict]:
