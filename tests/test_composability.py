@@ -31,34 +31,24 @@ def sparse_reference(steps: int = 3) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("order", ["patch-first", "offload-first"])
-def test_group_offloading(order):
-    pipe = tiny_pipeline("wan")
-    offload = lambda: pipe.transformer.enable_group_offload(  # noqa: E731
-        onload_device=torch.device("cpu"), offload_device=torch.device("cpu"), offload_type="block_level",
-        num_blocks_per_group=1,
-    )
-    if order == "offload-first":
-        offload()
-    controller = vidsparse.patch(pipe, **PATCH)
-    if order == "patch-first":
-        offload()
-    try:
-        out = run(pipe)
-    finally:
-        vidsparse.unpatch(pipe)
-    assert controller.stats["sparse_calls"] == 3 * 2 * 2
-    torch.testing.assert_close(out, sparse_reference(), rtol=1e-5, atol=1e-6)
+def _group_offload(pipe) -> None:
+    pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                          offload_type="block_level", num_blocks_per_group=1)
 
 
+def _model_cpu_offload(pipe) -> None:
+    pipe.enable_model_cpu_offload(device="cpu")
+
+
+@pytest.mark.parametrize("offload", [_group_offload, _model_cpu_offload], ids=["group", "model-cpu"])
 @pytest.mark.parametrize("order", ["patch-first", "offload-first"])
-def test_model_cpu_offload(order):
+def test_offloading(offload, order):
     pipe = tiny_pipeline("wan")
     if order == "offload-first":
-        pipe.enable_model_cpu_offload(device="cpu")
+        offload(pipe)
     controller = vidsparse.patch(pipe, **PATCH)
     if order == "patch-first":
-        pipe.enable_model_cpu_offload(device="cpu")
+        offload(pipe)
     try:
         out = run(pipe)
     finally:

@@ -104,22 +104,6 @@ class KernelCall:
         return out.transpose(1, 2)
 
 
-@torch.library.custom_op("vidsparse::attention", mutates_args=())
-def attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    token: torch.Tensor,
-    scale: float | None,
-    enable_gqa: bool,
-    backend: str | None,
-    sdpa: bool,
-) -> torch.Tensor:
-    """A patched layer's attention: sparse or dense as the installation decides at run time (see module doc)."""
-    return run_attention(query, key, value, attn_mask, token, scale, enable_gqa, backend, sdpa)
-
-
 def run_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -131,13 +115,20 @@ def run_attention(
     backend: str | None,
     sdpa: bool,
 ) -> torch.Tensor:
-    """What `torch.ops.vidsparse.attention` runs (a plain function, so tests can step into the op)."""
+    """A patched layer's attention, sparse or dense as its installation decides at run time (see module doc).
+
+    This is what `torch.ops.vidsparse.attention` runs; a plain function too, so tests can step into the op.
+    """
     call = KernelCall(query, key, value, attn_mask, scale, enable_gqa, backend, sdpa)
     installation_key, layer = token.tolist()  # a host tensor: no device sync
     installation = LIVE.get(installation_key)
     if installation is None:  # the processor outlived its installation
         return in_call_layout(call, call.original())
     return installation(layer, call)
+
+
+#: The op itself: `run_attention`, opaque to torch.compile (a patched layer's attention, decided at run time).
+attention = torch.library.custom_op("vidsparse::attention", mutates_args=())(run_attention)
 
 
 @attention.register_fake
