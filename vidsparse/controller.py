@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import resolve_backend, run_plan
+from .guard import Guard
 from .layout import VideoLayout
 from .plan import BlockPlan
 from .runtime import AttentionCall
@@ -142,11 +143,15 @@ class SparseController:
             each kernel ran, "vidsparse:<backend>" for sparse calls, the model's own ("diffusers:<its attention
             backend>", "torch:sdpa") for dense ones.
         reuse: the PlanCache of reusable dynamic plans (`plans_made` / `plans_reused` count searches and reuses).
+        guard: the quality guard (`vidsparse.guard.Guard`) checking sampled rows of sparse calls, or None.
     """
 
-    def __init__(self, policy: HeadPolicy, backend: str = "auto", *, cache_size: int = 128) -> None:
+    def __init__(
+        self, policy: HeadPolicy, backend: str = "auto", *, cache_size: int = 128, guard: Guard | None = None
+    ) -> None:
         self.policy = policy
         self.backend = backend
+        self.guard = guard
         self.cache_size = cache_size
         self.reuse = PlanCache()
         self._assembled: OrderedDict[tuple, _LayerPlan] = OrderedDict()
@@ -166,6 +171,8 @@ class SparseController:
         strategies = self.policy.strategies(call.step, call.num_steps, call.layer, call.total_heads or num_heads)
         if strategies is not None and call.heads is not None:  # this rank's heads under head-parallel CP
             strategies = strategies[call.heads.start : call.heads.stop]
+        if strategies is not None and self.guard is not None:
+            strategies = self.guard.adjust(call, strategies)  # heads the guard switched run dense
         if strategies is None or all(isinstance(s, Dense) for s in strategies):
             self._dense_calls += 1
             self._backend_calls[call.dense_backend] += 1
@@ -181,7 +188,13 @@ class SparseController:
         if backend is None:
             backend = self._resolved[call.q.device] = resolve_backend(self.backend, call.q.device)
         self._backend_calls[f"vidsparse:{backend}"] += 1
-        return run_plan(call.q, call.k, call.v, plan, scale=call.scale, backend=backend, out=call.out)
+        out = run_plan(call.q, call.k, call.v, plan, scale=call.scale, backend=backend, out=call.out)
+        if self.guard is not None and self.guard.due(call) and self.guard.check(call, strategies, out):
+            # A head was switched: build the layer's denser plan now, inside the checked call, not in the next one.
+            denser = self.guard.adjust(call, strategies)
+            if not all(isinstance(s, Dense) for s in denser):
+                self._layer_plan(call.layout, tuple(denser), call.q)
+        return out
 
     def plan(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 
 from .attention import available_backends
 from .controller import DenseSchedule, HeadPolicy, ScheduledPolicy, SparseController, StrategyPolicy
+from .guard import Guard, GuardConfig, guard_budgets, profile_buckets
 from .runtime import (
     AttentionCall,
     AttentionController,
@@ -46,6 +47,7 @@ __all__ = [
     "ScheduledPolicy",
     "SparseController",
     "StrategyPolicy",
+    "guard_report",
     "inspect_model",
     "install",
     "installed_controller",
@@ -92,6 +94,7 @@ def patch(
     dense_warmup_steps: int | float | None = None,
     dense_layers: int | Iterable[int] | None = None,
     backend: str = "auto",
+    guard: GuardConfig | bool | None = None,
 ) -> SparseController:
     """Make a diffusers video pipeline (or transformer) use sparse self-attention. Returns the controller.
 
@@ -106,6 +109,9 @@ def patch(
         dense_layers: layers kept dense (one index or several). Default: the profile's schedule, else the first
             layer of each transformer.
         backend: attention backend for the sparse calls ("auto", "triton", "flex", "gather", "reference").
+        guard: the quality guard (`vidsparse.guard`): a GuardConfig, True (GuardConfig()) or False. Default (None):
+            on with a profile (its per-head errors are the budgets), off otherwise; a strategy has no budget
+            unless GuardConfig(budget=...) gives one. `vidsparse.guard_report(pipe)` says what it measured.
 
     With neither profile nor strategy, `default_strategy()` applies (no profiling needed). Patching twice, a
     profile for another model, or an unsupported model raises and leaves the pipeline as it was.
@@ -117,15 +123,27 @@ def patch(
         raise ValueError(f"backend must be one of {available_backends()}, got {backend!r}")
     if installed_controller(pipe_or_transformer) is not None:
         raise PatchError("this pipeline is already patched by vidsparse; call vidsparse.unpatch(...) first")
+    if guard is not None and not isinstance(guard, (bool, GuardConfig)):
+        raise ValueError(f"guard must be a vidsparse.GuardConfig, True, False or None, got {guard!r}")
     info = inspect_model(pipe_or_transformer)  # raises PatchError for unsupported models before anything else
     if profile is not None:
+        profile = _load_profile(profile)
         policy = _profile_policy(profile, info, dense_warmup_steps, dense_layers)
     else:
         chosen = resolve_strategy(strategy) if strategy is not None else default_strategy()
         policy = StrategyPolicy(chosen, _schedule(info, dense_warmup_steps, dense_layers))
-    controller = SparseController(policy, backend)
+    controller = SparseController(policy, backend, guard=_guard(guard, profile))
     install(pipe_or_transformer, controller)
     return controller
+
+
+def guard_report(pipe_or_transformer: Any) -> dict[str, Any] | None:
+    """What the quality guard of a patched pipeline measured (`Guard.report`), None when it runs without one."""
+    controller = installed_controller(pipe_or_transformer)
+    if controller is None:
+        raise PatchError(f"{type(pipe_or_transformer).__name__} is not patched by vidsparse")
+    guard = getattr(controller, "guard", None)
+    return guard.report() if guard is not None else None
 
 
 def unpatch(pipe_or_transformer: Any) -> None:
@@ -155,13 +173,25 @@ def _schedule(info: ModelInfo, warmup: int | float | None, layers: Iterable[int]
     return DenseSchedule(0.2 if warmup is None else warmup, layers)
 
 
-def _profile_policy(
-    profile: Any, info: ModelInfo, warmup: int | float | None, layers: Iterable[int] | None
-) -> HeadPolicy:
+def _guard(guard: GuardConfig | bool | None, profile: Any) -> Guard | None:
+    """The Guard `patch` installs: see its `guard` argument."""
+    if guard is False or (guard is None and profile is None):
+        return None
+    config = guard if isinstance(guard, GuardConfig) else GuardConfig()
+    return Guard(config, guard_budgets(config, profile), profile_buckets(profile))
+
+
+def _load_profile(profile: Any) -> Any:
     if isinstance(profile, (str, os.PathLike)):
         from .profile import Profile  # lazily: loading a profile file is the only use of the profile module here
 
-        profile = Profile.load(profile)
+        return Profile.load(profile)
+    return profile
+
+
+def _profile_policy(
+    profile: Any, info: ModelInfo, warmup: int | float | None, layers: Iterable[int] | None
+) -> HeadPolicy:
     missing = [name for name in ("model", "schedule", "policy") if not hasattr(profile, name)]
     if missing:
         raise ValueError(
