@@ -19,10 +19,6 @@ from vidsparse.families import find_family
 from vidsparse.patch import DenseFallbackWarning, install, uninstall
 from vidsparse.strategies import get
 
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="runtime does not read HunyuanVideo 1.5's square padding mask yet (issue 23 report)"
-)
-
 GRID = (3, 16, 16)
 #: (Qwen, ByT5) valid tokens per batch entry; 4 image tokens are valid in both (an I2V call).
 VALID = ((5, 2), (9, 6))

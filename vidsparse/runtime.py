@@ -33,6 +33,7 @@ number of steps is unknown (None).
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import warnings
@@ -125,7 +126,7 @@ class _SchedulerStepTracker:
 
     def attach(self) -> None:
         sch = self.scheduler
-        self._saved = {name: sch.__dict__.get(name, _MISSING) for name in ("set_timesteps", "step")}
+        self._saved = {name: sch.__dict__.get(name, _MISSING) for name in ("set_timesteps", "step", "__deepcopy__")}
         set_timesteps, step = sch.set_timesteps, sch.step
 
         @functools.wraps(set_timesteps)
@@ -141,7 +142,16 @@ class _SchedulerStepTracker:
                 self.count += 1
             return out
 
-        sch.set_timesteps, sch.step = tracked_set_timesteps, tracked_step
+        def untracked_deepcopy(memo: dict) -> Any:
+            # Pipelines copy their scheduler (LTX-2's audio latents, diffusion forcing's per-frame schedulers): the
+            # copy must step itself, not this one through the wrappers, and is not counted.
+            wrappers = {name: sch.__dict__.pop(name) for name in ("set_timesteps", "step", "__deepcopy__")}
+            try:
+                return copy.deepcopy(sch, memo)
+            finally:
+                sch.__dict__.update(wrappers)
+
+        sch.set_timesteps, sch.step, sch.__deepcopy__ = tracked_set_timesteps, tracked_step, untracked_deepcopy
 
     def detach(self) -> None:
         for name, saved in self._saved.items():
@@ -539,7 +549,8 @@ class _Installation:
     ) -> None:
         """Split the batch by valid length; padded query rows go through the model's kernel with its mask."""
         mask = call.attn_mask
-        full_mask = (mask if mask.dim() == 4 else mask[:, None, None, :]).expand(q.shape[0], 1, 1, q.shape[2])
+        # [B, 1, 1, S] key padding, or [B, 1, S, S] valid(query) & valid(key) (HunyuanVideo 1.5).
+        full_mask = (mask if mask.dim() == 4 else mask[:, None, None, :]).expand(q.shape[0], 1, -1, q.shape[2])
         family = self.model_of_layer[layer].family
         for length, rows in padding.groups:
             qg, kg, vg = q[rows], k[rows], v[rows]
@@ -549,24 +560,30 @@ class _Installation:
             self._run(layer, call, qg[:, :, :length], kg[:, :, :length], vg[:, :, :length], group_layout, group_out)
             out[rows, :, :length] = group_out
             if length < q.shape[2]:
-                out[rows, :, length:] = call.original(qg[:, :, length:], kg, vg, full_mask[rows])
+                rows_mask = full_mask[rows] if full_mask.shape[2] == 1 else full_mask[rows][:, :, length:]
+                out[rows, :, length:] = call.original(qg[:, :, length:], kg, vg, rows_mask)
 
 
 def _read_key_padding(mask: torch.Tensor, batch: int, seq_len: int) -> _KeyPadding | None:
     """`mask` as a key-padding mask over a valid prefix (a few host reads), None if it is anything else.
 
-    Accepted: boolean [B, S] or [B, 1, 1, S] (broadcast over heads and queries), as HunyuanVideo builds it.
+    Accepted: boolean [B, S] or [B, 1, 1, S] (broadcast over heads and queries), as HunyuanVideo builds it, and
+    [B, 1, S, S] = valid(query) & valid(key), as HunyuanVideo 1.5's processor builds it (its first row, a video
+    query, is the key mask).
     """
     if mask.dtype != torch.bool:
         return None
     if mask.dim() == 2:
         mask = mask[:, None, None, :]
-    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != 1 or mask.shape[3] != seq_len:
+    square = mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == seq_len == mask.shape[3]
+    if not square and (mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != 1 or mask.shape[3] != seq_len):
         return None
-    keys = mask.expand(batch, 1, 1, seq_len)[:, 0, 0]
+    keys = mask.expand(batch, 1, mask.shape[2], seq_len)[:, 0, 0]
     lengths = keys.sum(-1)
     prefix = torch.arange(seq_len, device=keys.device) < lengths[:, None]
     if not torch.equal(keys, prefix):
+        return None
+    if square and not torch.equal(mask.expand(batch, 1, seq_len, seq_len)[:, 0], prefix[:, :, None] & prefix[:, None, :]):
         return None
     host = lengths.tolist()
     groups = tuple(
