@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 import vidsparse
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
+from vidsparse.evaluate.report import summary_table, write_report
+from vidsparse.evaluate.runner import EvalSettings, Variant, run_evaluation
 from vidsparse.guard import Guard, GuardConfig, exact_rows
 from vidsparse.layout import VideoLayout
 from vidsparse.patch import default_strategy, install, uninstall
@@ -221,3 +223,25 @@ def test_patch_guard_argument_report_and_switches(caplog):
 def test_config_errors_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GuardConfig(**kwargs)
+
+
+def test_eval_report_has_a_guard_column_table_and_heatmap(tmp_path):
+    """A guard with a tiny budget in `vidsparse eval`: every head checked at step 0 and switched, which the density
+    recorder confirms (only the checked calls ran sparse)."""
+    pipe = tiny_pipeline("wan", patch_size=(1, 1, 1))  # latent grid 3 x 8 x 8 at 64 x 64 px, 9 frames
+    variant = Variant("guarded", lambda p: vidsparse.patch(
+        p, strategy=("neighborhood", {"window": 1}), dense_warmup_steps=0, dense_layers=(),
+        guard=GuardConfig(budget=1e-6)))
+    settings = EvalSettings(prompts=["a red circle moving left"], seeds=[0], height=64, width=64, num_frames=9,
+                            num_inference_steps=2, call_kwargs={"max_sequence_length": 16}, warmup=1,
+                            save_videos=False)
+    report = run_evaluation(pipe, [variant], settings, progress=False).to_json()
+    write_report(report, tmp_path)
+    guarded = report["variants"][0]
+    heads = 2 * pipe.transformer.config.num_attention_heads
+    assert guarded["guard"]["checked_heads"] == guarded["guard"]["switched_heads"] == heads
+    assert guarded["guard"]["checked_calls"] == guarded["density"]["sparse_calls"] == 2  # warm-up run not counted
+    assert f"{heads} checked, {heads} switched" in summary_table(report)
+    assert (tmp_path / guarded["plots"]["guard_heatmap"]).is_file()
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Quality guard" in markdown and "layer 1 head 1 error" in markdown

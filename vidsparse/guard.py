@@ -172,6 +172,14 @@ class Guard:
         self._last_step = None
         self._generators.clear()
 
+    def clear(self) -> None:
+        """Forget what was measured (records, switches, counts), e.g. after warm-up runs; a new generation."""
+        self.records.clear()
+        self.switches.clear()
+        self.checked_calls = 0
+        self.generation = -1
+        self.reset()
+
     # ----- a check --------------------------------------------------------------------------------------------
     def check(self, call: Any, strategies: Sequence[Strategy], out: torch.Tensor) -> bool:
         """Measure the call's sparse heads on sampled rows (one host read); True if a head was switched."""

@@ -51,6 +51,37 @@ def plot_density_heatmap(variant: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def guard_table(variant: dict[str, Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(float64 [layers, heads] of the guard's mean measured error / budget, NaN where unchecked; switched heads)."""
+    heads = variant["guard"]["heads"]
+    shape = np.array(variant.get("density", {}).get("per_layer_head") or [[0]], dtype=object).shape
+    layers = max([shape[0]] + [h["layer"] + 1 for h in heads])
+    width = max([shape[1]] + [h["head"] + 1 for h in heads])
+    table = np.full((layers, width), np.nan)
+    for h in heads:
+        table[h["layer"], h["head"]] = h["mean_error"] / h["budget"] if h["budget"] > 0 else np.inf
+    return table, [(h["layer"], h["head"]) for h in heads if h["switches"]]
+
+
+def plot_guard_heatmap(variant: dict[str, Any], path: Path) -> Path:
+    """Layers x heads of the quality guard's mean measured error over its budget; x marks the switched heads."""
+    table, switched = guard_table(variant)
+    layers, heads = table.shape
+    fig, ax = plt.subplots(figsize=(max(3.2, 0.5 * heads + 2), max(2.4, 0.3 * layers + 1.2)), dpi=100)
+    limit = 1 + variant["guard"]["config"]["margin"]
+    image = ax.imshow(np.minimum(table, 2 * limit), vmin=0.0, vmax=2 * limit, cmap="magma", aspect="auto",
+                      interpolation="nearest")
+    for layer, head in switched:
+        ax.text(head, layer, "x", ha="center", va="center", color="cyan", fontsize="large")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_title(f"guard error / budget: {variant['label']} (x: switched)")
+    fig.colorbar(image, ax=ax, label=f"mean measured error / budget (switch above {limit:g})")
+    return _save(fig, path)
+
+
 def plot_speed_quality(variants: list[dict[str, Any]], path: Path) -> Path:
     """Speedup (transformer time, dense / sparse) against mean PSNR, one point per variant, labelled by budget."""
     fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=100)

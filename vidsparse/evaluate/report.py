@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .plots import plot_density_heatmap, plot_psnr_per_frame, plot_speed_quality
+from .plots import guard_table, plot_density_heatmap, plot_guard_heatmap, plot_psnr_per_frame, plot_speed_quality
 from .runner import slug
 
 
@@ -29,6 +29,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
             "psnr_per_frame": _rel(plot_psnr_per_frame(variant, plot_dir / f"psnr_per_frame_{name}.png"), out_dir),
             "density_heatmap": _rel(plot_density_heatmap(variant, plot_dir / f"density_{name}.png"), out_dir),
         }
+        if variant.get("guard"):
+            variant["plots"]["guard_heatmap"] = _rel(plot_guard_heatmap(variant, plot_dir / f"guard_{name}.png"),
+                                                     out_dir)
     if len(report["variants"]) > 1:
         files["speed_quality"] = _rel(plot_speed_quality(report["variants"], plot_dir / "speed_quality.png"), out_dir)
     report["plots"] = files
@@ -57,11 +60,12 @@ def _num(value: float | None, digits: int = 2, unit: str = "") -> str:
 
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """Rows of the summary table: header, dense, then one per variant."""
-    header = ["run", "end-to-end", "transformer", "attention", "attn share", "density", "PSNR dB", "SSIM", "LPIPS"]
+    header = ["run", "end-to-end", "transformer", "attention", "attn share", "density", "PSNR dB", "SSIM", "LPIPS",
+              "guard"]
     dense = report["dense"]["timing"]
     rows = [header, ["dense", _num(dense["end_to_end_s"], 2, " s"), _num(dense["transformer_s"], 2, " s"),
                      _num(dense["attention_s"], 2, " s"), _num(100 * dense["attention_share"], 0, "%"), "1.00",
-                     "-", "-", "-"]]
+                     "-", "-", "-", "-"]]
     for v in report["variants"]:
         t, s, q = v["timing"], v["speedup"], v["quality"]["mean"]
         rows.append([
@@ -74,8 +78,39 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
             _num(q["psnr"]),
             _num(q["ssim"], 4),
             _num(q["lpips"], 4),
+            _guard_cell(v.get("guard")),
         ])
     return rows
+
+
+def _guard_cell(guard: dict[str, Any] | None) -> str:
+    if not guard:
+        return "off"
+    return f"{guard['checked_heads']} checked, {guard['switched_heads']} switched"
+
+
+def _guard_lines(variant: dict[str, Any]) -> list[str]:
+    """The quality guard's paragraph and its per-(layer, head) table of mean error / budget."""
+    guard = variant.get("guard")
+    if not guard:
+        return ["Quality guard: off.", ""]
+    config = guard["config"]
+    lines = [
+        f"Quality guard (every {config['every']} steps after each bucket's first sparse step, {config['rows_per_block']} "
+        f"row(s) per query block, margin {config['margin']:g}): {guard['checked_calls']} layer calls checked, "
+        f"{guard['checked_heads']} heads checked, {guard['switched_heads']} switched to dense.",
+        "",
+    ]
+    for s in guard["switches"]:
+        lines.append(f"- generation {s['generation']}, step {s['step']}: layer {s['layer']} head {s['head']} "
+                     f"error {s['error']:.4f} > budget {s['budget']:.4f}")
+    table, _ = guard_table(variant)
+    lines += ["", "Guard: mean measured error / budget per layer (rows) and head (columns), - = not checked:", "",
+              "| layer | " + " | ".join(f"h{h}" for h in range(table.shape[1])) + " |",
+              "|---|" + "---|" * table.shape[1]]
+    for layer, row in enumerate(table):
+        lines.append(f"| {layer} | " + " | ".join("-" if math.isnan(x) else _num(x) for x in row) + " |")
+    return lines + [""]
 
 
 def summary_table(report: dict[str, Any]) -> str:
@@ -144,6 +179,7 @@ def markdown(report: dict[str, Any]) -> str:
         for layer, row in enumerate(density["per_layer_head"]):
             lines.append(f"| {layer} | " + " | ".join(_num(x) for x in row) + " |")
         lines.append("")
+        lines += _guard_lines(v)
         for name, path in v.get("plots", {}).items():
             lines.append(f"![{name}]({path})")
         lines.append("")

@@ -106,6 +106,8 @@ class ModeResult:
     repeat_max_abs_diff: float = 0.0
     budget: float | None = None
     description: str = ""
+    #: what the quality guard measured over the timed runs (`Guard.report`), None when the variant has no guard
+    guard: dict[str, Any] | None = None
 
     def to_json(self, dense_timing: dict[str, Any] | None) -> dict[str, Any]:
         timing = summarize(self.timings)
@@ -122,6 +124,8 @@ class ModeResult:
             ]}
         if self.density is not None:
             data["density"] = self.density
+        if self.guard is not None:
+            data["guard"] = self.guard
         return data
 
 
@@ -146,6 +150,7 @@ class _Mode:
     def __init__(self, pipe: Any, controller: Any, sparse: bool, clock: str = "wall") -> None:
         self.pipe = pipe
         self.clock = clock
+        self.guard = getattr(controller, "guard", None)
         self.timed = TimedController(controller, _device(pipe), clock)
         self.recorder = DensityRecorder(self.timed, controller) if sparse else None
         self.outer = self.recorder if self.recorder is not None else self.timed
@@ -247,6 +252,8 @@ def run_evaluation(
                 bar.update()
             if mode.recorder is not None:
                 mode.recorder.reset()
+            if mode.guard is not None:
+                mode.guard.clear()
         for index, prompt, seed in pairs:
             name = f"p{index}_s{seed}"
             bar.set_postfix_str(f"dense {name}")
@@ -265,6 +272,7 @@ def run_evaluation(
                 result.videos.append({"prompt": prompt, "seed": seed, "files": files})
     for mode, result in zip(modes[1:], results):
         result.density = mode.recorder.summary()  # type: ignore[union-attr]
+        result.guard = mode.guard.report() if mode.guard is not None else None
     return EvalResult(settings, dense, results, lpips.note, Path(out_dir) if out_dir is not None else None)
 
 
