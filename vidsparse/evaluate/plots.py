@@ -67,7 +67,7 @@ def plot_guard_heatmap(variant: dict[str, Any], path: Path) -> Path:
     """Layers x heads of the quality guard's mean measured error over its budget; x marks the switched heads."""
     table, switched = guard_table(variant)
     layers, heads = table.shape
-    fig, ax = plt.subplots(figsize=(max(3.2, 0.5 * heads + 2), max(2.4, 0.3 * layers + 1.2)), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * heads + 2.5), max(2.8, 0.3 * layers + 1.2)), dpi=100)
     limit = 1 + variant["guard"]["config"]["margin"]
     image = ax.imshow(np.minimum(table, 2 * limit), vmin=0.0, vmax=2 * limit, cmap="magma", aspect="auto",
                       interpolation="nearest")
@@ -77,8 +77,8 @@ def plot_guard_heatmap(variant: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("layer")
     ax.set_xticks(range(heads))
     ax.set_yticks(range(layers))
-    ax.set_title(f"guard error / budget: {variant['label']} (x: switched)")
-    fig.colorbar(image, ax=ax, label=f"mean measured error / budget (switch above {limit:g})")
+    ax.set_title(f"guard: {variant['label']} (x: switched)", fontsize="medium")
+    fig.colorbar(image, ax=ax, label=f"error / budget (switch > {limit:g})")
     return _save(fig, path)
 
 
