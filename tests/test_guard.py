@@ -245,3 +245,24 @@ def test_eval_report_has_a_guard_column_table_and_heatmap(tmp_path):
     assert (tmp_path / guarded["plots"]["guard_heatmap"]).is_file()
     markdown = (tmp_path / "report.md").read_text()
     assert "Quality guard" in markdown and "layer 1 head 1 error" in markdown
+
+
+def test_profile_budgets_buckets_and_cadence():
+    """Per-head budgets are the profile's errors (floored), an explicit budget overrides them, and the cadence
+    restarts at each bucket's first sparse step."""
+    from test_profile import make_dict  # the profile test's valid random profile, kept current with the format
+
+    from vidsparse.guard import guard_budgets, profile_buckets
+    from vidsparse.profile import Profile
+
+    profile = Profile.from_dict(make_dict(layers=3, heads=4, buckets=2))  # buckets [0, 0.6) and [0.6, 1)
+    budget_of = guard_budgets(GuardConfig(min_budget=0.02), profile)
+    for bucket, layer, head in [(0, 0, 0), (1, 2, 3), (1, 1, 2)]:
+        assert budget_of(bucket, layer, head) == max(0.02, profile.buckets[bucket].heads[layer][head].error)
+    assert guard_budgets(GuardConfig(budget=0.3), profile)(1, 2, 3) == 0.3
+    bucket_of = profile_buckets(profile)
+    assert [bucket_of(step, 10) for step in range(10)] == [0] * 6 + [1] * 4 and bucket_of(0, None) == 1
+    guard = Guard(GuardConfig(every=3), budget_of, bucket_of)
+    due = [s for s in range(2, 10) if guard.due(AttentionCall(layer=1, step=s, num_steps=10, q=None, k=None, v=None,
+                                                                     layout=LAYOUT, scale=None))]
+    assert due == [2, 5, 6, 9]  # bucket 0 from its first sparse step 2, bucket 1 from step 6
