@@ -5,7 +5,9 @@ tokens per attention call, so attention is most of a step); profile it on a cali
 attention speed-up of one fixed window strategy; evaluate the saved profile and that window with `vidsparse eval`
 on another prompt and two seeds, so the report compares the profiler's per-head choice with a uniform pattern of
 the same cost; print the summary and where the files are. The command line of that evaluation is printed and
-recorded in the report, so the numbers can be reproduced with `vidsparse eval` alone.
+recorded in the report, so the numbers can be reproduced with `vidsparse eval` alone. The profile runs with the
+quality guard on (`vidsparse.guard`, the default with a profile): the summary's guard column says how many heads it
+checked and switched to dense on the evaluation prompt, which is not the calibration prompt.
 
 When the trained weights or the profiler are not part of this build, the demo says so and falls back to a
 random-weight tiny Wan pipeline with the same token geometry and/or one fixed strategy on every head.
