@@ -36,7 +36,7 @@ def make_dict(layers: int = 3, heads: int = 4, buckets: int = 2) -> dict:
                   "head_dim": 16},
         "calibration": {"prompts": 2, "steps": 10, "frames": 9, "height": 256, "width": 256, "grid": [3, 16, 16],
                         "tile": [1, 8, 16], "seed": 0, "sampled_steps": [2, 5, 9], "rows": 64, "objective": {"error": 0.05},
-                        "seconds": 1.5},
+                        "selection": {"statistic": "mean", "margin": 2.0}, "seconds": 1.5},
         "schedule": {"dense_warmup_steps": 0.2, "dense_layers": [0]},
         "hardware": {"cost": "measured", "device": "cpu", "backend": "gather", "dtype": "float32", "tokens": 768,
                      "heads": heads, "head_dim": 16, "block_size": 128, "dense_ms": 1.0, "fixed_ms": 0.1,
@@ -45,12 +45,13 @@ def make_dict(layers: int = 3, heads: int = 4, buckets: int = 2) -> dict:
             {"start": edges[b], "stop": edges[b + 1], "layers": [
                 {"layer": layer, "heads": [
                     {"strategy": name, "params": copy.deepcopy(params), "error": rng.random() * 0.1,
+                     "error_se": rng.choice([None, rng.random() * 0.01]), "error_max": rng.random() * 0.2,
                      "recall": rng.random(), "density": rng.random()}
                     for name, params in (rng.choice(CHOICES) for _ in range(heads))
                 ]} for layer in range(layers)
             ]} for b in range(len(edges) - 1)
         ],
-        "summary": {"mean_density": 0.5, "predicted_speedup": 1.7, "predicted_error": 0.03},
+        "summary": {"mean_density": 0.5, "predicted_speedup": 1.7, "predicted_error": 0.03, "latent_error": 0.08},
     }
 
 
@@ -87,7 +88,11 @@ def _head(data):
 
 
 BROKEN = {
-    "format": (lambda d: d.update(format="vidsparse.profile/3"), "format"),
+    "format": (lambda d: d.update(format="vidsparse.profile/4"), "format"),
+    "statistic": (lambda d: d["calibration"]["selection"].update(statistic="p99"), "calibration.selection.statistic"),
+    "margin": (lambda d: d["calibration"]["selection"].update(margin=-1), "calibration.selection.margin"),
+    "error_se": (lambda d: _head(d).update(error_se="small"), "buckets[1].layers[2].heads[3].error_se"),
+    "latent_error": (lambda d: d["summary"].update(latent_error=-0.1), "summary.latent_error"),
     "tile volume": (lambda d: d["calibration"].update(tile=[1, 8, 12]), "calibration.tile"),
     "tile missing": (lambda d: d["calibration"].pop("tile"), "calibration.tile"),
     "missing model": (lambda d: d.pop("model"), "model"),
@@ -222,10 +227,29 @@ def test_version_1_files_load_with_their_tile_and_all_frames():
     profile = Profile.from_dict(version_1(data))
     assert profile.calibration.tile == (2, 16, 4)
     assert profile.buckets[0].heads[1][0].strategy == get("diagonal", width=None, temporal="all", column=0)
-    assert profile.to_dict()["format"] == FORMAT == "vidsparse.profile/2"
+    assert profile.to_dict()["format"] == FORMAT == "vidsparse.profile/3"
     # Applied with the runtime's tile (1, 8, 16): the same latent extents, rounded to whole tiles.
     neighborhood, diagonal = profile.policy().strategies(5, 10, 1, 2)[1].parts
     assert neighborhood.window == (6, 6, 1)  # 6 frames x 48 rows x 12 -> 16 columns
     assert diagonal.temporal == 3 and diagonal.column == 2  # a short multi-diagonal stays 3 frames
-    # Saved and loaded again it is a version 2 file with the same content.
+    # Saved and loaded again it is a version 3 file with the same content.
     assert Profile.from_dict(profile.to_dict()) == profile
+
+
+def test_version_2_files_load_with_the_new_fields_unknown():
+    """Version 2 had no standard errors, tail errors, selection rule or latent error: they load as unknown (None)
+    and the selection as version 2's profiler made it (mean error, no margin); a version 3 file may omit them."""
+    data = make_dict(layers=2, heads=2, buckets=1)
+    for head in data["buckets"][0]["layers"][1]["heads"]:
+        del head["error_se"], head["error_max"]
+    del data["calibration"]["selection"], data["summary"]["latent_error"]
+    for version in ("vidsparse.profile/2", FORMAT):
+        profile = Profile.from_dict({**data, "format": version})
+        assert profile.calibration.selection == {"statistic": "mean", "margin": 0.0}
+        assert profile.summary.latent_error is None
+        head = profile.buckets[0].heads[1][0]
+        assert head.error_se is None and head.error_max is None
+        assert head.error == data["buckets"][0]["layers"][1]["heads"][0]["error"]
+        saved = profile.to_dict()
+        assert saved["format"] == FORMAT and saved["buckets"][0]["layers"][1]["heads"][0]["error_se"] is None
+        assert Profile.from_dict(saved) == profile

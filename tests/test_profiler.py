@@ -13,7 +13,14 @@ from vidsparse.profiler.calibrate import bucket_edges, sampled_steps
 from vidsparse.profiler.candidates import DESIGNED_FOR, default_candidates, family
 from vidsparse.profiler.cost import CostModel
 from vidsparse.profiler.scoring import ScoreTable, sample_rows, score_call
-from vidsparse.profiler.select import LayerScores, head_costs, layer_ms, select_for_speedup, select_within_budget
+from vidsparse.profiler.select import (
+    LayerScores,
+    Selection,
+    head_costs,
+    layer_ms,
+    select_for_speedup,
+    select_within_budget,
+)
 from vidsparse.strategies import get
 from vidsparse.testing import make_heads
 
@@ -30,7 +37,7 @@ def test_scores_match_metrics(text_tokens):
     candidates = [get("dense"), get("skip"), get("diagonal", width=0), get("stripe", first_frames=1),
                   get("draft", keep_ratio=0.25), get("vmoba", partition="cycle") | get("stripe", sinks=1)]
     rows = sample_rows(layout, 50, g)
-    assert rows.numel() == 50 and int(rows.min()) >= layout.video_offset
+    assert 50 <= rows.numel() < 50 + layout.num_blocks and int(rows.min()) >= layout.video_offset
     scale = 0.3
     scores = score_call(candidates, q, k, v, layout, rows=rows, scale=scale, layer=1)
     for i, candidate in enumerate(candidates):
@@ -51,10 +58,63 @@ def test_score_table_means():
         from vidsparse.profiler.scoring import CallScores
 
         table.add(1, 3, CallScores(s, s, s, s, torch.full((2,), value)))
+        table.add(1, 3, CallScores(s, s, s, s, torch.full((2,), value)))
+        table.end_prompt()  # two prompts, two calls each: the standard error is over the two prompt means
     means = table.mean(1, 3)
     torch.testing.assert_close(means["error"], torch.full((2, 2), 0.3, dtype=torch.float64))
     torch.testing.assert_close(means["plan_ms"], torch.full((2, 2), 0.3, dtype=torch.float64))
+    # Standard error of the mean of the prompt means {0.2, 0.4}: sample std 0.1414 / sqrt(2) = 0.1; largest 0.4.
+    torch.testing.assert_close(means["error_se"], torch.full((2, 2), 0.1, dtype=torch.float64))
+    torch.testing.assert_close(means["error_max"], torch.full((2, 2), 0.4, dtype=torch.float64))
     assert table.mean(0, 3) is None
+    single = ScoreTable([get("dense")], num_heads=1)
+    one = torch.full((1, 1), 0.2, dtype=torch.float64)
+    for _ in range(3):
+        single.add(0, 0, CallScores(one, one, one, one, torch.zeros(1)))
+    single.end_prompt()
+    assert torch.isnan(single.mean(0, 0)["error_se"]).all()  # one prompt: no spread over prompts to estimate
+
+
+@pytest.mark.parametrize("grid,text_tokens,count", [((4, 8, 16), 0, 50), ((5, 12, 20), 40, 100), ((3, 9, 17), 0, 1)])
+def test_rows_cover_every_query_block(grid, text_tokens, count):
+    """Stratified rows: every block holding video tokens gets rows in proportion to its video tokens (at least
+    one), no text row, no repeat; the error estimate therefore sees borders, first frames and packed edge tiles."""
+    layout = VideoLayout(*grid, text_tokens=text_tokens)
+    rows = sample_rows(layout, count, _generator())
+    video = range(layout.video_offset, layout.video_offset + layout.num_video_tokens)
+    assert rows.unique().numel() == rows.numel() and all(int(r) in video for r in rows)
+    block_of = layout.inverse_permutation // layout.block_size
+    sizes = torch.bincount(block_of[list(video)], minlength=layout.num_blocks)
+    got = torch.bincount(block_of[rows], minlength=layout.num_blocks)
+    assert bool(((got >= 1) == (sizes >= 1)).all()), "a query block holding video tokens got no row"
+    expected = torch.ceil(count * sizes / layout.num_video_tokens)
+    assert bool((got[sizes > 0] == torch.minimum(expected, sizes)[sizes > 0]).all())
+    assert count <= rows.numel() < count + layout.num_blocks
+    everything = sample_rows(layout, layout.num_video_tokens, _generator())
+    assert everything.tolist() == list(video)
+    with pytest.raises(ValueError, match="count must be an integer >= 1"):
+        sample_rows(layout, 0)
+
+
+def test_selection_margin_and_tail_statistic():
+    """A cheap candidate whose mean error is within budget but whose mean + 2 standard errors is not loses to a
+    costlier one; with statistic "max" the largest call error decides; margin 0 is the plain mean."""
+    candidates = [get("dense"), get("diagonal", width=0), get("diagonal", width=1)]
+    cost = CostModel(dense_ms=36.0, fixed_ms=0.0, ms_per_block=1.0, heads=1)
+    error = torch.tensor([[0.0], [0.04], [0.03]], dtype=torch.float64)
+    se = torch.tensor([[0.0], [0.01], [0.002]], dtype=torch.float64)
+    worst = torch.tensor([[0.0], [0.045], [0.07]], dtype=torch.float64)
+    blocks = torch.tensor([[36.0], [6.0], [12.0]], dtype=torch.float64)
+    layer = LayerScores(0, 0, 1.0, error, 1 - error, blocks / 36, blocks, torch.zeros(3, dtype=torch.float64), se, worst)
+    pick = lambda selection: int(select_within_budget(candidates, [layer], cost, 0.05, selection)[0][0])  # noqa: E731
+    assert pick(Selection("mean", 0.0)) == 1  # cheapest by its mean 0.04
+    assert pick(Selection("mean", 2.0)) == 2  # 0.04 + 2 x 0.01 > 0.05; 0.03 + 2 x 0.002 fits
+    assert pick(Selection("max")) == 1  # largest errors 0.045 vs 0.07
+    target = select_for_speedup(candidates, [layer], cost, target_ms=12.0, fixed_ms=0.0, selection=Selection())
+    assert int(target[0][0]) == 2  # both fit the time; 0.034 < 0.06 budgeted error
+    for bad in (dict(statistic="p99"), dict(margin=-1.0)):
+        with pytest.raises(ValueError):
+            Selection(**bad)
 
 
 def test_zoo_heads_get_their_family_or_cheaper():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ GEOMETRY = dict(height=256, width=256, frames=9, steps=5)
 CALL = dict(max_sequence_length=16)
 # The random tiny model's heads are close to uniform: a loose budget so that some heads go sparse.
 BUDGET = 0.3
+CALIBRATION = ["a red fox in the snow", "a cat on a roof", "rain over a harbour"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def pipe():
 @pytest.fixture(scope="module")
 def profiled(pipe, tmp_path_factory):
     qkv = tmp_path_factory.mktemp("qkv") / "qkv.safetensors"
-    profile = profile_pipeline(pipe, ["a red fox in the snow"], **GEOMETRY, budget=BUDGET, seed=3, progress=False,
+    profile = profile_pipeline(pipe, CALIBRATION, **GEOMETRY, budget=BUDGET, seed=3, progress=False,
                                sample_steps=2, cost_model="ideal", call_kwargs=CALL, save_qkv=(qkv, [1]))
     return profile, qkv
 
@@ -38,10 +41,14 @@ def test_profile_describes_the_model_and_run(pipe, profiled):
         info.family, info.num_layers, info.num_heads, info.head_dim)
     assert profile.calibration.grid == (3, 16, 16) and profile.calibration.steps == 5
     assert 0 in profile.schedule.dense_layers
-    assert set(profile.timings) == {"calibration_s", "cost_model_s", "selection_s", "total_s"}
+    assert set(profile.timings) == {"calibration_s", "cost_model_s", "refine_s", "selection_s", "verify_s", "total_s"}
+    assert profile.calibration.selection == {"statistic": "mean", "margin": 2.0}
+    assert profile.summary.latent_error is not None and 0.0 < profile.summary.latent_error < 1.0
     sparse = [c for b in profile.buckets for c in b.heads[1] if c.strategy.name != "dense"]
     assert sparse, "the loose budget should make some head of layer 1 sparse"
-    assert all(c.error <= BUDGET for b in profile.buckets for layer in b.heads for c in layer)
+    # Held within the budget with the safety margin: mean + 2 standard errors (over the three prompts).
+    assert all(c.error + 2 * c.error_se <= BUDGET + 1e-4 and c.error <= c.error_max
+               for b in profile.buckets for layer in b.heads for c in layer if c.strategy.name != "dense")
     assert profile.summary.predicted_speedup > 1.0 and profile.summary.mean_density < 1.0
 
 
@@ -70,14 +77,24 @@ def test_profile_applies_at_another_grid(pipe, profiled, caplog):
     assert "(2, 8, 12)" in caplog.text
 
 
-def test_achieved_error_matches_prediction(pipe, profiled):
+def test_achieved_error_on_held_out_prompts(pipe, profiled):
+    """Prompts and seeds the calibration (seeds 3-5) never saw. The random tiny model's attention is near-uniform
+    noise that moves with the seed (its per-head errors vary ~30% from seed to seed, more than three calibration
+    prompts reveal), so this checks the mean and the report, not the 1.2x-per-head goal (see the README table)."""
     profile, _ = profiled
-    result = measure_achieved_error(pipe, profile, ["a red fox in the snow"], **GEOMETRY, seed=3, call_kwargs=CALL)
+    result = measure_achieved_error(pipe, profile, ["a green boat on a lake", "two birds over a city"], **GEOMETRY,
+                                    seed=10, call_kwargs=CALL)
     assert result["heads"], "no sparse head ran"
+    for h in result["heads"]:
+        choice = profile.buckets[h["bucket"]].heads[h["layer"]][h["head"]]
+        assert (h["predicted"], h["predicted_se"]) == (choice.error, choice.error_se)
+        assert h["ratio"] == pytest.approx(h["achieved"] / h["predicted"])
+    within = sum(h["achieved"] <= 1.2 * h["predicted"] for h in result["heads"]) / len(result["heads"])
+    assert result["within"] == within and result["tolerance"] == 1.2
     predicted, achieved = result["predicted_error"], result["achieved_error"]
-    # Same prompt and seed: the first sparse step sees the calibration's inputs; later ones drift a little.
-    assert abs(achieved - predicted) <= 0.35 * predicted + 0.01, result
-    assert 0.0 < result["latent_error"] < 1.0
+    assert achieved <= 1.3 * predicted, result
+    assert len(result["latent_errors"]) == 2 and result["stated_latent_error"] == profile.summary.latent_error
+    assert all(0.0 < e < 1.0 for e in result["latent_errors"]), result
 
 
 def test_save_qkv_keeps_chosen_layers(profiled):
@@ -88,8 +105,8 @@ def test_save_qkv_keeps_chosen_layers(profiled):
     assert tensors and all(".layer1." in name for name in tensors)
     names = {name.rsplit(".", 1)[1] for name in tensors}
     assert names == {"q", "k", "v"}
-    # Two sampled steps, two transformer calls per step (classifier-free guidance).
-    assert len(tensors) == 3 * 2 * len(profile.calibration.sampled_steps)
+    # Two sampled steps, two transformer calls per step (classifier-free guidance), per calibration prompt.
+    assert len(tensors) == 3 * 2 * len(profile.calibration.sampled_steps) * len(CALIBRATION)  # dense pass only
     assert all(t.shape == (1, 2, 768, 16) for t in tensors.values())
 
 
@@ -105,21 +122,28 @@ def test_speed_target(pipe):
 
 def test_cli_profile_and_inspect(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("# calibration\na red fox in the snow\n\n")
-    out, png = tmp_path / "p.json", tmp_path / "p.png"
-    status = main(["profile", "--model", "tiny-wan-random", "--prompts", str(prompts), "--height", "256", "--width",
-                   "256", "--frames", "9", "--steps", "4", "--budget", "error=0.3", "--cost", "ideal", "--sample-steps",
-                   "1", "--buckets", "1", "--out", str(out), "--no-progress"])
+    prompts.write_text("# calibration\na red fox in the snow\n\n# held out\na boat on a lake\n")
+    out, png, check = tmp_path / "p.json", tmp_path / "p.png", tmp_path / "check.json"
+    arguments = ["profile", "--model", "tiny-wan-random", "--prompts", str(prompts), "--height", "256", "--width",
+                 "256", "--frames", "9", "--steps", "4", "--budget", "error=0.3", "--cost", "ideal", "--sample-steps",
+                 "2", "--buckets", "1", "--out", str(out), "--no-progress"]
+    assert main([*arguments, "--holdout", "2"]) == 2
+    assert "--holdout must be in [0, 1]" in capsys.readouterr().err
+    status = main([*arguments, "--holdout", "1", "--statistic", "max", "--check-json", str(check)])
     assert status == 0
     printed = capsys.readouterr().out
     assert "predicted attention speed-up" in printed and "time: calibration" in printed
+    assert "check on 1 held-out prompt(s)" in printed and "achieved <= 1.2 x predicted" in printed
+    result = json.loads(check.read_text())
+    assert len(result["latent_errors"]) == 1 and result["profiling_dense_generations"] > 0
     profile = Profile.load(out)
     assert main(["inspect", str(out), "--plot", str(png)]) == 0
     printed = capsys.readouterr().out
     assert "bucket 0" in printed and "groups" in printed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert profile.model.name == "tiny-wan-random"
-    assert profile.hardware.cost == "ideal" and profile.calibration.prompts == 1
+    assert profile.hardware.cost == "ideal" and profile.calibration.prompts == 1  # the held-out one not calibrated
+    assert profile.calibration.selection["statistic"] == "max"
     broken = tmp_path / "broken.json"
     broken.write_text(out.read_text().replace('"num_heads": 2', '"num_heads": 3', 1))
     assert main(["inspect", str(broken)]) == 2

@@ -6,23 +6,31 @@ field (e.g. ``buckets[0].layers[3].heads[5].params: diagonal: width must be ...`
 the JSON goes to a temporary file in the same folder, is flushed to disk and renamed over the target, so a crash
 never leaves a truncated profile.
 
-Format "vidsparse.profile/2":
+Format "vidsparse.profile/3":
 
     {
-      "format": "vidsparse.profile/2",
+      "format": "vidsparse.profile/3",
       "model":       {"family", "name", "revision", "num_layers", "num_heads", "head_dim"},
       "calibration": {"prompts", "steps", "frames", "height", "width", "grid": [F, H, W], "tile": [tf, th, tw],
                       "seed", "sampled_steps": [...], "rows", "objective": {"error": 0.05} | {"target_speedup": 3.0},
-                      "seconds"},
+                      "selection": {"statistic": "mean" | "max", "margin": 2.0}, "seconds"},
       "schedule":    {"dense_warmup_steps": 0.2 (fraction) | 3 (count), "dense_layers": [0]},
       "hardware":    {"cost": "measured" | "ideal", "device", "backend", "dtype", "tokens", "heads", "head_dim", "block_size",
                       "dense_ms", "fixed_ms", "ms_per_block", "points": [[blocks, ms], ...],
                       "planning_ms": {"draft": ms per call, ...}},
       "buckets": [   {"start": 0.0, "stop": 0.6,              # fraction of the denoising steps, [start, stop)
                       "layers": [{"layer": 0, "heads": [{"strategy": "diagonal", "params": {...},
-                                                         "error": 0.01, "recall": 0.98, "density": 0.3}, ...]}]}],
-      "summary":     {"mean_density", "predicted_speedup", "predicted_error"}
+                                                         "error": 0.01, "error_se": 0.0004, "error_max": 0.013,
+                                                         "recall": 0.98, "density": 0.3}, ...]}]}],
+      "summary":     {"mean_density", "predicted_speedup", "predicted_error", "latent_error"}
     }
+
+Per head, `error` is the mean relative L2 error of the head's output over the scored calls (the prediction, and
+what `vidsparse.guard` budgets), `error_se` the standard error of that mean (over the calls; null when unknown:
+one call, or a dense head), `error_max` the largest error of one scored call. `calibration.selection` says which
+error the selection held within the objective: mean + margin x error_se ("mean") or error_max ("max").
+`summary.latent_error` is the relative L2 error of the final latents the profile states for unseen prompts (null
+when not measured; see `vidsparse.profiler.validate`).
 
 Densities are what the kernel computes (`BlockPlan.density`: slot pairs, padding included, over real token pairs).
 Buckets cover the step fractions [0, 1) in order; step s of a run of N steps uses the bucket holding s / N, so
@@ -40,10 +48,13 @@ grid keeps nothing there (with a warning). A profile whose tile is not the runti
 versions) is applied with its tile-unit parameters converted to the runtime's tile, rounded to whole tiles
 (`Strategy.retiled`): the same latent extent within one tile. `Profile.note_grid` logs which case applies.
 
+Version 2 files ("vidsparse.profile/2") load with the version 3 fields unknown: error_se, error_max and
+latent_error null, selection {"statistic": "mean", "margin": 0} (what version 2's profiler did). In a version 3
+file these fields may also be left out, with the same meaning.
 Version 1 files ("vidsparse.profile/1") load with two rules: their tile is the one vidsparse then chose for the
 calibration grid (the least-padding of seven 128-token tiles, `_V1_TILES`), and a multi-diagonal whose
 `temporal` reaches the last calibration frame (how version 1 spelled "all frames") becomes temporal="all". Their
-densities counted real token pairs only. Saving writes version 2.
+densities counted real token pairs only (then the version 2 rule applies). Saving writes version 3.
 """
 
 from __future__ import annotations
@@ -62,8 +73,11 @@ from .layout import DEFAULT_TILE
 from .strategies import Strategy, get
 from .strategies.dense import Dense
 
-FORMAT = "vidsparse.profile/2"
+FORMAT = "vidsparse.profile/3"
+FORMAT_V2 = "vidsparse.profile/2"
 FORMAT_V1 = "vidsparse.profile/1"
+#: What version 2's profiler did, and what a file that does not say is read as.
+UNSTATED_SELECTION = {"statistic": "mean", "margin": 0.0}
 #: The 128-token tiles version 1 chose from, in order: the first with the fewest tiles (padded) on the grid.
 _V1_TILES = ((2, 8, 8), (1, 8, 16), (1, 16, 8), (4, 4, 8), (4, 8, 4), (2, 4, 16), (2, 16, 4))
 logger = logging.getLogger(__name__)
@@ -103,6 +117,7 @@ class Calibration:
     objective: dict[str, float]
     seconds: float
     tile: tuple[int, int, int] = DEFAULT_TILE
+    selection: dict[str, Any] = field(default_factory=lambda: dict(UNSTATED_SELECTION))
 
 
 @dataclass(frozen=True)
@@ -140,12 +155,15 @@ class Hardware:
 
 @dataclass(frozen=True)
 class HeadChoice:
-    """One head's strategy in one bucket, with what the profiler measured for it (means over the samples)."""
+    """One head's strategy in one bucket, with what the profiler measured for it: means over the scored calls,
+    the standard error of the mean error and the largest error of one call (None: unknown)."""
 
     strategy: Strategy
     error: float
     recall: float
     density: float
+    error_se: float | None = None
+    error_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +180,7 @@ class Summary:
     mean_density: float
     predicted_speedup: float
     predicted_error: float
+    latent_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -227,7 +246,8 @@ class Profile:
             "format": FORMAT,
             "model": dict(vars(self.model)),
             "calibration": {**vars(c), "grid": list(c.grid), "tile": list(c.tile),
-                            "sampled_steps": list(c.sampled_steps), "objective": dict(c.objective)},
+                            "sampled_steps": list(c.sampled_steps), "objective": dict(c.objective),
+                            "selection": dict(c.selection)},
             "schedule": {"dense_warmup_steps": self.schedule.dense_warmup_steps,
                          "dense_layers": list(self.schedule.dense_layers)},
             "hardware": {**vars(h), "points": [list(p) for p in h.points], "planning_ms": dict(h.planning_ms)},
@@ -324,23 +344,25 @@ class ProfilePolicy:
 # ----- validation ----------------------------------------------------------------------------------------------
 def _choice_dict(choice: HeadChoice) -> dict[str, Any]:
     return {"strategy": choice.strategy.name, "params": choice.strategy.params(), "error": choice.error,
-            "recall": choice.recall, "density": choice.density}
+            "error_se": choice.error_se, "error_max": choice.error_max, "recall": choice.recall,
+            "density": choice.density}
 
 
 def _fail(where: str, message: str) -> ProfileError:
     return ProfileError(f"{where}: {message}")
 
 
-def _mapping(data: Any, where: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+def _mapping(data: Any, where: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """`data` as an object with all of `keys`, perhaps some of `optional` (absent ones read as None), and no other."""
     if not isinstance(data, Mapping):
         raise _fail(where, f"must be an object, got {type(data).__name__}")
     missing = [k for k in keys if k not in data]
     if missing:
         raise _fail(f"{where}.{missing[0]}" if where else missing[0], "missing")
-    unknown = sorted(set(data) - set(keys))
+    unknown = sorted(set(data) - set(keys) - set(optional))
     if unknown:
         raise _fail(f"{where}.{unknown[0]}" if where else unknown[0], "unknown field")
-    return data
+    return {**{k: None for k in optional}, **data}
 
 
 def _int(data: Mapping[str, Any], key: str, where: str, minimum: int = 0) -> int:
@@ -385,17 +407,21 @@ def _validate_profile_dict(data: Any) -> Profile:
     top = _mapping(data, "", ("format", "model", "calibration", "schedule", "hardware", "buckets", "summary"))
     if top["format"] == FORMAT_V1:
         top = _from_version_1(top)
+    if top["format"] == FORMAT_V2:
+        top = {**top, "format": FORMAT}  # the version 3 fields are optional: absent ones read as unknown
     if top["format"] != FORMAT:
-        raise _fail("format", f"unknown profile format {top['format']!r}; this vidsparse reads {FORMAT!r} and "
-                              f"{FORMAT_V1!r}")
+        raise _fail("format", f"unknown profile format {top['format']!r}; this vidsparse reads {FORMAT!r}, "
+                              f"{FORMAT_V2!r} and {FORMAT_V1!r}")
     model = _model(top["model"])
     calibration = _calibration(top["calibration"])
     schedule = _schedule(top["schedule"], model)
     hardware = _hardware(top["hardware"])
     buckets = _buckets(top["buckets"], model)
-    s = _mapping(top["summary"], "summary", ("mean_density", "predicted_speedup", "predicted_error"))
+    s = _mapping(top["summary"], "summary", ("mean_density", "predicted_speedup", "predicted_error"),
+                 ("latent_error",))
     summary = Summary(_number(s, "mean_density", "summary", 0.0, 1.0),
-                      _number(s, "predicted_speedup", "summary"), _number(s, "predicted_error", "summary"))
+                      _number(s, "predicted_speedup", "summary"), _number(s, "predicted_error", "summary"),
+                      _optional_number(s, "latent_error", "summary"))
     profile = object.__new__(Profile)  # fields already checked: skip __post_init__'s re-validation
     for name, value in (("model", model), ("calibration", calibration), ("schedule", schedule),
                         ("hardware", hardware), ("buckets", buckets), ("summary", summary), ("timings", {}),
@@ -429,8 +455,22 @@ def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
             for head in layer.get("heads", ()) if isinstance(layer, dict) else ():
                 if isinstance(head, dict):
                     upgrade(head.get("strategy"), head.get("params"))
-    data["format"] = FORMAT
+    data["format"] = FORMAT_V2
     return data
+
+
+def _optional_number(data: Mapping[str, Any], key: str, where: str) -> float | None:
+    """A finite number >= 0, or None (null or absent: unknown)."""
+    return None if data[key] is None else _number(data, key, where)
+
+
+def _selection(data: Any, where: str) -> dict[str, Any]:
+    if data is None:
+        return dict(UNSTATED_SELECTION)
+    s = _mapping(data, where, ("statistic", "margin"))
+    if s["statistic"] not in ("mean", "max"):
+        raise _fail(f"{where}.statistic", f'must be "mean" or "max", got {s["statistic"]!r}')
+    return {"statistic": s["statistic"], "margin": _number(s, "margin", where)}
 
 
 def _model(data: Any) -> ModelSpec:
@@ -442,7 +482,7 @@ def _model(data: Any) -> ModelSpec:
 def _calibration(data: Any) -> Calibration:
     keys = ("prompts", "steps", "frames", "height", "width", "grid", "tile", "seed", "sampled_steps", "rows",
             "objective", "seconds")
-    c = _mapping(data, "calibration", keys)
+    c = _mapping(data, "calibration", keys, ("selection",))
     w = "calibration"
     objective = c["objective"]
     if not (isinstance(objective, Mapping) and len(objective) == 1 and set(objective) <= {"error", "target_speedup"}):
@@ -453,7 +493,7 @@ def _calibration(data: Any) -> Calibration:
         _int(c, "prompts", w, 1), _int(c, "steps", w, 1), _int(c, "frames", w, 1), _int(c, "height", w, 1),
         _int(c, "width", w, 1), _int_list(c, "grid", w, 3, 1), _int(c, "seed", w),  # type: ignore[arg-type]
         _int_list(c, "sampled_steps", w), _int(c, "rows", w, 1), {key: float(objective[key])},
-        _number(c, "seconds", w), _tile(c, w),
+        _number(c, "seconds", w), _tile(c, w), _selection(c["selection"], f"{w}.selection"),
     )
 
 
@@ -541,7 +581,7 @@ def _layer(data: Any, where: str, index: int, model: ModelSpec, strategies: dict
     choices = []
     for h, raw in enumerate(heads):
         w = f"{where}.heads[{h}]"
-        c = _mapping(raw, w, ("strategy", "params", "error", "recall", "density"))
+        c = _mapping(raw, w, ("strategy", "params", "error", "recall", "density"), ("error_se", "error_max"))
         name, params = _str(c, "strategy", w), c["params"]
         if not isinstance(params, Mapping):
             raise _fail(f"{w}.params", f"must be an object, got {params!r}")
@@ -556,5 +596,6 @@ def _layer(data: Any, where: str, index: int, model: ModelSpec, strategies: dict
             except (ValueError, TypeError) as error:
                 raise _fail(f"{w}.params", str(error)) from None
         choices.append(HeadChoice(strategies[key], _number(c, "error", w), _number(c, "recall", w, 0.0, 1.0 + 1e-9),
-                                  _number(c, "density", w, 0.0, 1.0)))
+                                  _number(c, "density", w, 0.0, 1.0), _optional_number(c, "error_se", w),
+                                  _optional_number(c, "error_max", w)))
     return tuple(choices)

@@ -17,6 +17,7 @@ safetensors for offline re-search (that is the one thing that grows with the run
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..controller import DenseSchedule
+from ..controller import DenseSchedule, SparseController
 from ..layout import VideoLayout
 from ..profile import Bucket, Calibration, Hardware, HeadChoice, ModelSpec, Profile, Schedule, Summary
 from ..runtime import AttentionCall, inspect_model, install, uninstall
@@ -36,7 +37,7 @@ from .candidates import default_candidates
 from .cost import backend_name, ideal_cost_model, measure_cost_model
 from .distributed import all_reduce_score_table, split_prompts
 from .scoring import ScoreTable, sample_rows, score_call
-from .select import LayerScores, layer_ms, select_for_speedup, select_within_budget
+from .select import LayerScores, Selection, layer_ms, select_for_speedup, select_within_budget
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class CalibrationController:
         generator: torch.Generator,
         save_layers: Iterable[int] = (),
         on_step: Any = None,
+        inner: Any = None,
     ) -> None:
         self.families, self.num_heads, self.steps = families, num_heads, steps
         self.samples, self.edges = set(samples), list(edges)
@@ -106,9 +108,12 @@ class CalibrationController:
         self.head_dim, self.dtype, self.device = 0, torch.float32, torch.device("cpu")
         self.on_step, self.last_step = on_step, None
         self.calls = 0
+        # None: the generation is the dense one. A controller (a chosen profile's SparseController): the pipeline
+        # runs its outputs, so candidates are scored on the activations that profile's generation produces.
+        self.inner = inner
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
-        out = call.dense()
+        out = call.dense() if self.inner is None else self.inner(call)
         if call.step != self.last_step:
             self.last_step = call.step
             if self.on_step is not None:
@@ -159,9 +164,13 @@ def profile_pipeline(
     progress: bool = True,
     warmup: int | float = 0.2,
     dense_layers: Iterable[int] | None = None,
-    sample_steps: int = 3,
+    sample_steps: int = 6,
     buckets: int = 2,
-    rows: int = 64,
+    rows: int = 256,
+    statistic: str = "mean",
+    margin: float = 2.0,
+    refine: int | None = None,
+    verify: int = 1,
     families: Iterable[str] | None = None,
     backend: str = "auto",
     cost_model: str = "measured",
@@ -178,9 +187,22 @@ def profile_pipeline(
         target_speedup: predicted attention speed-up to reach with the least error instead of a budget.
         warmup: dense warm-up steps (int count or fraction of `steps` in [0, 1)); not scored.
         dense_layers: layers kept dense and not scored; default: the first layer of each transformer.
-        sample_steps: denoising steps scored (spread over the sparse steps).
+        sample_steps: denoising steps scored (spread over the sparse steps; buckets are merged until each holds
+            some, so give several per bucket: the standard errors come from the spread over scored calls).
         buckets: step buckets (each gets its own choice per head).
-        rows: query rows sampled per call for the error and recall.
+        rows: query rows sampled per call for the error and recall, stratified by query block (at least one per
+            block, so the count can be higher; `scoring.sample_rows`).
+        statistic: the error held within the budget (or minimized for a speed target): "mean" (the mean over
+            scored calls plus `margin` standard errors) or "max" (the largest error of a scored call).
+        margin: standard errors added to the mean error for statistic "mean" (a safety margin against choosing
+            the candidates whose error happened to be under-estimated).
+        refine: calibration prompts (default: all) re-run with the profile chosen on the dense runs, scoring every candidate
+            again on the activations of that sparse generation; the final choice and its predicted errors come from
+            these scores (later layers and steps of a sparse generation see inputs that already carry the error of
+            earlier ones, and their errors are larger than on the dense trajectory). 0: dense scores only.
+        verify: calibration prompts re-run with the chosen profile (one sparse generation each, same seed) to
+            measure the final latents' relative error against their dense run; the largest is the profile's
+            `summary.latent_error`. 0: not measured (null).
         families: strategy families to consider (default: all registered).
         backend: attention backend the cost model times ("auto" = what `vidsparse.patch` uses).
         cost_model: "measured" (this device's kernel timings) or "ideal" (cost proportional to computed blocks at
@@ -189,6 +211,14 @@ def profile_pipeline(
         save_qkv: (path, layers): also write q/k/v of these layers at the sampled steps to a safetensors file.
         call_kwargs: extra arguments of the pipeline call (e.g. guidance_scale, max_sequence_length).
     """
+    selection = Selection(statistic, margin)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be an integer >= 1, got {rows!r}")
+    for argument, value in (("refine", 0 if refine is None else refine), ("verify", verify)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{argument} must be an integer >= 0 (calibration prompts re-run sparse), got {value!r}")
+    if isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1:
+        raise ValueError(f"sample_steps must be an integer >= 1, got {sample_steps!r}")
     if cost_model not in ("measured", "ideal"):
         raise ValueError(f"cost_model must be 'measured' or 'ideal', got {cost_model!r}")
     if budget is not None and target_speedup is not None:
@@ -215,26 +245,38 @@ def profile_pipeline(
         default_candidates(VideoLayout(1, 1, 1), families)  # unknown names fail now, not after a generation
     mine = _this_rank_prompts(prompts)
     generator = torch.Generator().manual_seed(seed)
-    bar = _progress(len(mine) * steps, progress)
-    controller = CalibrationController(
-        families, info.num_heads, steps=steps, samples=samples, edges=edges, dense_layers=schedule.dense_layers,
-        rows=rows, generator=generator, save_layers=() if save_qkv is None else save_qkv[1],
-        on_step=bar.update if bar is not None else None,
-    )
-    install(pipe, controller)
+    refine = len(mine) if refine is None else min(refine, len(mine))
+    bar = _progress((len(mine) + refine) * steps, progress)
+
+    def calibrate(runs: list[tuple[int, str]], inner: Any = None) -> tuple[CalibrationController, list]:
+        """Score candidates over `runs` (dense, or under `inner`); the final latents of each run."""
+        controller = CalibrationController(
+            families, info.num_heads, steps=steps, samples=samples, edges=edges, dense_layers=schedule.dense_layers,
+            rows=rows, generator=generator, save_layers=() if save_qkv is None or inner else save_qkv[1],
+            on_step=bar.update if bar is not None else None, inner=inner,
+        )
+        install(pipe, controller)
+        latents = []
+        try:
+            for index, prompt in runs:
+                controller.last_step = None
+                latents.append(_generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames)
+                if controller.table is not None:
+                    controller.table.end_prompt()
+        finally:
+            uninstall(pipe)
+        if controller.layout is None or controller.table is None:
+            raise RuntimeError("the pipeline made no self-attention call that vidsparse could intercept")
+        all_reduce_score_table(controller.table)  # several processes: every rank now has the statistics of all
+        return controller, latents
+
     try:
-        for index, prompt in mine:
-            controller.last_step = None
-            _generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs)
+        controller, dense_latents = calibrate(mine)
     finally:
-        uninstall(pipe)
-        if bar is not None:
+        if bar is not None and not refine:
             bar.close()
     calibration_s = time.perf_counter() - started
     layout, candidates, table = controller.layout, controller.candidates, controller.table
-    if layout is None or table is None:
-        raise RuntimeError("the pipeline made no self-attention call that vidsparse could intercept")
-    all_reduce_score_table(table)  # several processes: every rank now holds the statistics of all prompts
     if save_qkv is not None:
         from safetensors.torch import save_file
 
@@ -248,52 +290,92 @@ def profile_pipeline(
     planning = _planning_ms(candidates, table)
     cost_s = time.perf_counter() - cost_started
 
-    # Selection over every scored (bucket, layer).
-    weights = _bucket_weights(edges, steps, warm)
-    scored = []
-    for b in range(len(edges) - 1):
-        for layer in table_layers:
-            means = table.mean(b, layer)
-            if means is None:
-                raise RuntimeError(f"no call of layer {layer} was scored in step bucket {b}")
-            scored.append(LayerScores(b, layer, weights[b], **means))
-    dense_total = steps * info.num_layers * cost.dense_ms
-    fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
-    if target_speedup is not None:
-        choices = select_for_speedup(candidates, scored, cost, target_ms=dense_total / target_speedup, fixed_ms=fixed)
-    else:
-        choices = select_within_budget(candidates, scored, cost, budget)  # type: ignore[arg-type]
-    predicted = fixed + sum(s.weight * layer_ms(candidates, c, s, cost) for s, c in zip(scored, choices))
+    def select(table: ScoreTable) -> Profile:
+        """Choose from the scores of every (bucket, layer) of `table` and build the profile."""
+        weights = _bucket_weights(edges, steps, warm)
+        scored = []
+        for b in range(len(edges) - 1):
+            for layer in table_layers:
+                means = table.mean(b, layer)
+                if means is None:
+                    raise RuntimeError(f"no call of layer {layer} was scored in step bucket {b}")
+                scored.append(LayerScores(b, layer, weights[b], **means))
+        dense_total = steps * info.num_layers * cost.dense_ms
+        fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
+        if target_speedup is not None:
+            choices = select_for_speedup(candidates, scored, cost, target_ms=dense_total / target_speedup, fixed_ms=fixed,
+                                         selection=selection)
+        else:
+            choices = select_within_budget(candidates, scored, cost, budget, selection)  # type: ignore[arg-type]
+        predicted = fixed + sum(s.weight * layer_ms(candidates, c, s, cost) for s, c in zip(scored, choices))
 
-    per_bucket = _choices(candidates, scored, choices, len(edges) - 1, info.num_layers, info.num_heads)
-    always_dense = [layer for layer in table_layers if all(
-        all(c.strategy.name == "dense" for c in per_bucket[b][layer]) for b in range(len(edges) - 1))]
-    dense_density = _mean_density(per_bucket, weights, steps, info.num_layers, info.num_heads)
-    errors = [float(s.error[c, torch.arange(c.numel())].mean()) for s, c in zip(scored, choices)]
-    summary = Summary(
-        mean_density=dense_density,
-        predicted_speedup=dense_total / max(predicted, 1e-9 * dense_total),  # finite even if every head is skipped
-        predicted_error=sum(errors) / len(errors) if errors else 0.0,
-    )
-    profile = Profile(
-        model=ModelSpec(info.family, name or _model_name(pipe), config_hash(pipe), info.num_layers, info.num_heads,
-                        info.head_dim),
-        calibration=Calibration(len(prompts), steps, frames, height, width, layout.grid, seed, tuple(samples), rows,
-                                {"error": float(budget)} if target_speedup is None
-                                else {"target_speedup": float(target_speedup)},
-                                round(time.perf_counter() - started, 3), tile=layout.tile),
-        schedule=Schedule(warmup, tuple(sorted(set(schedule.dense_layers) | set(always_dense)))),
-        hardware=Hardware(cost_model, _device_name(controller.device), backend_name(backend, controller.device),
-                          str(controller.dtype).replace("torch.", ""), layout.seq_len, info.num_heads,
-                          controller.head_dim, layout.block_size, cost.dense_ms, cost.fixed_ms, cost.ms_per_block,
-                          cost.points, planning),
-        buckets=tuple(Bucket(edges[b], edges[b + 1], per_bucket[b]) for b in range(len(edges) - 1)),
-        summary=summary,
-    )
-    profile.timings.update(calibration_s=calibration_s, cost_model_s=cost_s,
-                           selection_s=time.perf_counter() - started - calibration_s - cost_s,
+        per_bucket = _choices(candidates, scored, choices, len(edges) - 1, info.num_layers, info.num_heads)
+        always_dense = [layer for layer in table_layers if all(
+            all(c.strategy.name == "dense" for c in per_bucket[b][layer]) for b in range(len(edges) - 1))]
+        dense_density = _mean_density(per_bucket, weights, steps, info.num_layers, info.num_heads)
+        errors = [float(s.error[c, torch.arange(c.numel())].mean()) for s, c in zip(scored, choices)]
+        summary = Summary(
+            mean_density=dense_density,
+            predicted_speedup=dense_total / max(predicted, 1e-9 * dense_total),  # finite even if every head is skipped
+            predicted_error=sum(errors) / len(errors) if errors else 0.0,
+        )
+        return Profile(
+            model=ModelSpec(info.family, name or _model_name(pipe), config_hash(pipe), info.num_layers, info.num_heads,
+                            info.head_dim),
+            calibration=Calibration(len(prompts), steps, frames, height, width, layout.grid, seed, tuple(samples), rows,
+                                    {"error": float(budget)} if target_speedup is None
+                                    else {"target_speedup": float(target_speedup)},
+                                    round(time.perf_counter() - started, 3), tile=layout.tile,
+                                    selection={"statistic": statistic, "margin": float(margin)}),
+            schedule=Schedule(warmup, tuple(sorted(set(schedule.dense_layers) | set(always_dense)))),
+            hardware=Hardware(cost_model, _device_name(controller.device), backend_name(backend, controller.device),
+                              str(controller.dtype).replace("torch.", ""), layout.seq_len, info.num_heads,
+                              controller.head_dim, layout.block_size, cost.dense_ms, cost.fixed_ms, cost.ms_per_block,
+                              cost.points, planning),
+            buckets=tuple(Bucket(edges[b], edges[b + 1], per_bucket[b]) for b in range(len(edges) - 1)),
+            summary=summary,
+        )
+
+    profile = select(table)
+    refine_started = time.perf_counter()
+    if refine:
+        try:
+            refined, sparse_latents = calibrate(mine[:refine], SparseController(profile.policy(), backend))
+        finally:
+            if bar is not None:
+                bar.close()
+        chosen = _strategies(profile)
+        profile = select(refined.table)
+        if _strategies(profile) == chosen:  # the same choice: those runs were the verification
+            verified = [_relative_error(sparse, dense) for sparse, dense in zip(sparse_latents, dense_latents)]
+        else:
+            verified = []
+    else:
+        verified = []
+    refine_s = time.perf_counter() - refine_started
+    selection_s = time.perf_counter() - started - calibration_s - cost_s - refine_s
+    verify_started = time.perf_counter()
+    if verify:
+        from .validate import sparse_latent_error  # validate imports this module
+
+        verified = verified[:verify] + [
+            sparse_latent_error(pipe, SparseController(profile.policy(), backend), dense, prompt, height, width,
+                                frames, steps, seed + index, call_kwargs)
+            for (index, prompt), dense in list(zip(mine, dense_latents))[len(verified):verify]]
+        profile = dataclasses.replace(profile, summary=dataclasses.replace(profile.summary,
+                                                                           latent_error=_round(max(verified))))
+    profile.timings.update(calibration_s=calibration_s, cost_model_s=cost_s, refine_s=refine_s,
+                           selection_s=selection_s, verify_s=time.perf_counter() - verify_started,
                            total_s=time.perf_counter() - started)
     return profile
+
+
+def _strategies(profile: Profile) -> list[Strategy]:
+    return [c.strategy for bucket in profile.buckets for layer in bucket.heads for c in layer]
+
+
+def _relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((output.double() - reference.double()).norm() / reference.double().norm())
 
 
 def _this_rank_prompts(prompts: list[str]) -> list[tuple[int, str]]:
@@ -350,13 +432,19 @@ def _choices(candidates, scored, choices, num_buckets, num_layers, num_heads) ->
         for head, index in enumerate(choice.tolist()):
             strategy = candidates[index].at_layer(scores.layer)
             heads.append(HeadChoice(strategy, _round(scores.error[index, head]), min(_round(scores.recall[index, head]), 1.0),
-                                    min(_round(scores.density[index, head]), 1.0)))
+                                    min(_round(scores.density[index, head]), 1.0),
+                                    _optional_round(scores.error_se[index, head]), _round(scores.error_max[index, head])))
         grid[scores.bucket][scores.layer] = tuple(heads)
     return [tuple(layers) for layers in grid]
 
 
-def _round(value: torch.Tensor) -> float:
+def _round(value: torch.Tensor | float) -> float:
     return float(f"{float(value):.5g}")
+
+
+def _optional_round(value: torch.Tensor) -> float | None:
+    """None for NaN (a standard error from a single call is unknown)."""
+    return None if torch.isnan(value) else _round(value)
 
 
 def _mean_density(per_bucket, weights, steps, num_layers, num_heads) -> float:

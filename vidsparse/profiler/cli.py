@@ -19,6 +19,7 @@ share of the prompts, the score statistics are merged, and rank 0 writes the pro
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -48,9 +49,21 @@ def register(subparsers: Any) -> None:
                    help="dense warm-up: a step count (3) or a fraction of the steps (0.2, default)")
     p.add_argument("--dense-layers", type=_int_list, default=None,
                    help="comma-separated layers kept dense (default: the first layer of each transformer)")
-    p.add_argument("--sample-steps", type=int, default=3, help="denoising steps scored (default 3)")
+    p.add_argument("--sample-steps", type=int, default=6,
+                   help="denoising steps scored, spread over the buckets (default 6: 3 per bucket)")
     p.add_argument("--buckets", type=int, default=2, help="step buckets with their own choices (default 2)")
-    p.add_argument("--rows", type=int, default=64, help="query rows sampled per call (default 64)")
+    p.add_argument("--rows", type=int, default=256,
+                   help="query rows sampled per call, stratified: at least one per query block (default 256)")
+    p.add_argument("--statistic", choices=("mean", "max"), default="mean",
+                   help="error held within the budget: mean + --margin standard errors (default), or the largest "
+                        "error of a scored call")
+    p.add_argument("--margin", type=float, default=2.0,
+                   help="standard errors of the mean error added before comparing with the budget (default 2)")
+    p.add_argument("--refine", type=int, default=None,
+                   help="calibration prompts re-run with the profile chosen on the dense runs, scoring again on that "
+                        "sparse generation's activations; the final choice uses these scores (default: all; 0: none)")
+    p.add_argument("--verify", type=int, default=1,
+                   help="calibration prompts re-run sparse to state the final latents' error (default 1; 0: none)")
     p.add_argument("--families", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="comma-separated strategy families to consider (default: all)")
     p.add_argument("--cost", choices=("measured", "ideal"), default="measured",
@@ -61,9 +74,14 @@ def register(subparsers: Any) -> None:
                    help="weights dtype for hub models (default bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--save-qkv", type=Path, default=None, help="also save q/k/v of --save-qkv-layers (safetensors)")
     p.add_argument("--save-qkv-layers", type=_int_list, default=[0], help="layers for --save-qkv (default 0)")
+    p.add_argument("--holdout", type=int, default=None,
+                   help="keep the last N prompts of --prompts out of calibration and check the profile on them "
+                        "afterwards (implies --check)")
     p.add_argument("--check", action="store_true",
-                   help="afterwards, run the first prompt dense and patched (seed + 0): print the achieved vs predicted "
-                        "head errors and the profiling cost in dense generations")
+                   help="afterwards, run held-out prompts (--holdout, default 1) dense and patched, with seeds the "
+                        "calibration did not use: print the achieved vs predicted head errors, the final latents' "
+                        "error and the profiling cost in dense generations")
+    p.add_argument("--check-json", type=Path, default=None, help="also write the check's per-head table here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_profile)
 
@@ -136,6 +154,11 @@ def run_profile(args: argparse.Namespace) -> int:
     from .report import summary_text
 
     prompts = read_prompts(args.prompts)
+    holdout = args.holdout if args.holdout is not None else (1 if args.check else 0)
+    if holdout < 0 or holdout >= len(prompts):
+        raise ValueError(f"--holdout must be in [0, {len(prompts) - 1}] (the prompts file has {len(prompts)} "
+                         f"prompts and calibration needs one), got {holdout}")
+    prompts, held_out = prompts[:len(prompts) - holdout], prompts[len(prompts) - holdout:]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # `accelerate launch` / `torchrun`: one process per device
         from accelerate import PartialState
@@ -155,24 +178,27 @@ def run_profile(args: argparse.Namespace) -> int:
         pipe, prompts, height=geometry["height"], width=geometry["width"], frames=geometry["num_frames"],
         steps=geometry["num_inference_steps"], budget=args.budget, target_speedup=args.target_speedup, seed=args.seed, progress=not args.no_progress,
         warmup=args.warmup, dense_layers=args.dense_layers, sample_steps=args.sample_steps, buckets=args.buckets,
-        rows=args.rows, families=args.families, backend=args.backend, cost_model=args.cost, name=name,
+        rows=args.rows, statistic=args.statistic, margin=args.margin, refine=args.refine, verify=args.verify,
+        families=args.families, backend=args.backend, cost_model=args.cost, name=name,
         save_qkv=(args.save_qkv, args.save_qkv_layers) if args.save_qkv else None, call_kwargs=call_kwargs,
     )
     if _rank() != 0:  # several processes: rank 0 writes the one profile and reports
         return 0
     profile.save(args.out)
     print(summary_text(profile, args.out))
-    if args.check:
+    if held_out:
+        from .report import check_text
         from .validate import measure_achieved_error
 
-        check_args = dict(height=geometry["height"], width=geometry["width"], frames=geometry["num_frames"],
-                          steps=geometry["num_inference_steps"], seed=args.seed, backend=args.backend,
-                          call_kwargs=call_kwargs)
-        result = measure_achieved_error(pipe, profile, prompts[:1], **check_args)
-        cost = profile.timings["total_s"] / (len(prompts) * result["dense_s"])
-        print(f"check: dense generation {result['dense_s']:.2f} s; profiling cost {cost:.2f} dense generations per "
-              f"prompt; head error predicted {result['predicted_error']:.4f}, achieved {result['achieved_error']:.4f} "
-              f"({len(result['heads'])} sparse head entries); final latents relative error {result['latent_error']:.4f}")
+        # Prompt i of the file has seed + i: the held-out prompts get seeds no calibration run used.
+        result = measure_achieved_error(
+            pipe, profile, held_out, height=geometry["height"], width=geometry["width"],
+            frames=geometry["num_frames"], steps=geometry["num_inference_steps"], seed=args.seed + len(prompts),
+            backend=args.backend, call_kwargs=call_kwargs)
+        result["profiling_dense_generations"] = profile.timings["total_s"] / result["dense_s"]
+        print(check_text(result))
+        if args.check_json is not None:
+            args.check_json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .scoring import _FIELDS, ScoreTable
+from .scoring import SUMMED, ScoreTable
 
 
 def split_prompts(prompts: Sequence[str], state: Any = None) -> list[tuple[int, str]]:
@@ -67,7 +67,7 @@ def all_reduce_score_table(table: ScoreTable, group: Any = None) -> ScoreTable:
     device = _collective_device(group)
     zeros = torch.zeros(len(table.candidates), table.num_heads, dtype=torch.float64)
     sums = torch.stack(
-        [torch.stack([table.sums[key][name] if key in table.sums else zeros for name in _FIELDS]) for key in keys]
+        [torch.stack([table.sums[key][name] if key in table.sums else zeros for name in SUMMED]) for key in keys]
     ).to(device)  # [K, fields, C, H]
     counts = torch.tensor([table.counts.get(key, 0) for key in keys], dtype=torch.float64, device=device)
     worst = torch.stack([table.max_error.get(key, zeros) for key in keys]).to(device)  # [K, C, H]
@@ -76,7 +76,7 @@ def all_reduce_score_table(table: ScoreTable, group: Any = None) -> ScoreTable:
     dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
     sums, counts, worst = sums.cpu(), counts.cpu(), worst.cpu()
     for index, key in enumerate(keys):
-        table.sums[key] = {name: sums[index, f].clone() for f, name in enumerate(_FIELDS)}
+        table.sums[key] = {name: sums[index, f].clone() for f, name in enumerate(SUMMED)}
         table.counts[key] = int(counts[index])
         table.max_error[key] = worst[index].clone()
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from ..profile import Profile
@@ -67,20 +68,42 @@ def summary_text(profile: Profile, out: str | Path | None = None) -> str:
     lines.append(
         f"dense warm-up {profile.schedule.dense_warmup_steps} of the steps; mean density over the run "
         f"{s.mean_density:.3f} (computed share of dense attention work, padding included); mean predicted head "
-        f"error {s.predicted_error:.4f}"
+        f"error {s.predicted_error:.4f}; final latents' relative error "
+        f"{'not measured' if s.latent_error is None else f'{s.latent_error:.4f}'}"
     )
     lines.append(f"predicted attention speed-up: {s.predicted_speedup:.2f}x (cost model: {h.cost}, {h.device}, "
                  f"backend {h.backend}, dense call {h.dense_ms:.3g} ms)")
     if profile.timings:
         t = profile.timings
         lines.append(f"time: calibration {t['calibration_s']:.1f} s, cost model {t['cost_model_s']:.1f} s, selection "
-                     f"{t['selection_s']:.2f} s, total {t['total_s']:.1f} s")
+                     f"{t['selection_s']:.2f} s, verification {t['verify_s']:.1f} s, total {t['total_s']:.1f} s")
     return "\n".join(lines)
 
 
 def _objective(profile: Profile) -> str:
     (key, value), = profile.calibration.objective.items()
-    return f"error <= {value:g}" if key == "error" else f"speed-up {value:g}x"
+    selection = profile.calibration.selection
+    budgeted = ("largest error of a scored call" if selection["statistic"] == "max"
+                else f"mean error + {selection['margin']:g} standard errors")
+    return (f"{budgeted} <= {value:g}" if key == "error" else f"speed-up {value:g}x, least {budgeted}")
+
+
+def check_text(result: dict) -> str:
+    """The report of `vidsparse profile --check`: per-head predicted vs achieved errors on held-out prompts."""
+    lines = [f"check on {len(result['latent_errors'])} held-out prompt(s) (seeds the calibration did not use):",
+             f"  {'bucket':>6} {'layer':>5} {'head':>4}  {'strategy':<12} {'predicted':>14} {'achieved':>9} {'ratio':>6}"]
+    for h in result["heads"]:
+        se = "" if h["predicted_se"] is None else f" ±{h['predicted_se']:.4f}"
+        lines.append(f"  {h['bucket']:>6} {h['layer']:>5} {h['head']:>4}  {h['strategy']:<12} "
+                     f"{h['predicted']:>7.4f}{se:>7} {h['achieved']:>9.4f} {h['ratio']:>6.2f}")
+    stated = result["stated_latent_error"]
+    lines.append(
+        f"  {100 * result['within']:.0f}% of {len(result['heads'])} sparse heads achieved <= {result['tolerance']:g} x "
+        f"predicted; mean head error predicted {result['predicted_error']:.4f}, achieved {result['achieved_error']:.4f}")
+    lines.append(f"  final latents' relative error {', '.join(f'{e:.4f}' for e in result['latent_errors'])} (profile "
+                 f"states {'nothing' if stated is None else f'{stated:.4f}'}); dense generation {result['dense_s']:.2f} s; "
+                 f"profiling cost {result.get('profiling_dense_generations', math.nan):.2f} dense generations")
+    return "\n".join(lines)
 
 
 def inspect_text(profile: Profile) -> str:

@@ -24,12 +24,26 @@ from ..layout import VideoLayout
 from ..strategies import Strategy
 
 def sample_rows(layout: VideoLayout, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """int64 [r]: `count` distinct random video query rows (model order), sorted; all of them if there are fewer.
+    """int64 [r]: at least `count` distinct random video query rows (model order), sorted, stratified by query block.
 
+    Every kernel block that holds video tokens gets its share of `count` in proportion to its video tokens,
+    rounded up (so at least one row), drawn at random inside the block: every query block (borders, first frame,
+    packed edge tiles) is scored at every call, and count <= r < count + the video blocks. All rows if `count` >=
+    the video tokens.
     Text rows are left out: every strategy keeps them dense, so they would only dilute the error.
     """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"sample_rows: count must be an integer >= 1, got {count!r}")
     n = layout.num_video_tokens
-    picked = torch.randperm(n, generator=generator)[: min(count, n)]
+    if count >= n:
+        return torch.arange(n) + layout.video_offset
+    block = _block_of_token(layout, torch.device("cpu"))[layout.video_offset:layout.video_offset + n]
+    sizes = torch.bincount(block, minlength=layout.num_blocks)
+    quota = torch.minimum(torch.ceil(count * sizes / n).long(), sizes)
+    order = torch.randperm(n, generator=generator)  # a random order of the video rows ...
+    by_block, index = torch.sort(block[order], stable=True)  # ... grouped by block, random inside each block
+    rank = torch.arange(n) - (torch.cumsum(sizes, 0) - sizes)[by_block]
+    picked = order[index[rank < quota[by_block]]]
     return torch.sort(picked).values + layout.video_offset
 
 
@@ -133,19 +147,24 @@ def _score_head(q, k, v, block_masks, rows, q_block, layout: VideoLayout, scale)
 
 @dataclass
 class ScoreTable:
-    """Running sums of CallScores per (bucket, layer): [C, H] tensors and a sample count."""
+    """Running sums of CallScores per (bucket, layer): [C, H] tensors, the largest error of any call, a call
+    count, and per prompt (`end_prompt`) the sum and squared sum of each prompt's mean error and the prompt count.
+
+    The standard error of the mean error is taken over prompts, not calls: the calls of one generation share
+    its content and are correlated, so their spread under-states how much the error moves on a new prompt."""
 
     candidates: list[Strategy]
     num_heads: int
     sums: dict[tuple[int, int], dict[str, torch.Tensor]] = field(default_factory=dict)
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
     max_error: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    _prompt: dict[tuple[int, int], list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def add(self, bucket: int, layer: int, scores: CallScores) -> None:
         key = (bucket, layer)
         if key not in self.sums:
             shape = (len(self.candidates), self.num_heads)
-            self.sums[key] = {name: torch.zeros(shape, dtype=torch.float64) for name in _FIELDS}
+            self.sums[key] = {name: torch.zeros(shape, dtype=torch.float64) for name in SUMMED}
             self.counts[key] = 0
             self.max_error[key] = torch.zeros(shape, dtype=torch.float64)
         for name in _FIELDS:
@@ -153,13 +172,33 @@ class ScoreTable:
             self.sums[key][name] += value if value.dim() == 2 else value[:, None].expand(-1, self.num_heads)
         self.counts[key] += 1
         self.max_error[key] = torch.maximum(self.max_error[key], scores.error)
+        self._prompt.setdefault(key, []).append(scores.error.double())
+
+    def end_prompt(self) -> None:
+        """Fold the calls added since the last call into one sample per (bucket, layer): the prompt's mean error."""
+        for key, errors in self._prompt.items():
+            mean = torch.stack(errors).mean(0)
+            self.sums[key]["prompt_error"] += mean
+            self.sums[key]["prompt_error_sq"] += mean.square()
+            self.sums[key]["prompts"] += 1
+        self._prompt = {}
 
     def mean(self, bucket: int, layer: int) -> dict[str, torch.Tensor] | None:
-        """Means over the samples of (bucket, layer): error, recall, density, blocks, plan_ms ([C, H] each)."""
+        """Statistics over the calls scored for (bucket, layer), [C, H] each: the means of error, recall, density,
+        blocks and plan_ms; `error_se`, the standard error of the mean error over prompts (sample standard
+        deviation of the per-prompt means / sqrt(prompts); NaN with fewer than two prompts); `error_max`, the
+        largest error of a call. None if unscored."""
         key = (bucket, layer)
         if key not in self.sums:
             return None
-        return {name: total / self.counts[key] for name, total in self.sums[key].items()}
+        sums = self.sums[key]
+        stats = {name: sums[name] / self.counts[key] for name in _FIELDS}
+        n = sums["prompts"]
+        mean = sums["prompt_error"] / n.clamp(min=1)
+        variance = (sums["prompt_error_sq"] - n * mean.square()).clamp(min=0) / (n - 1).clamp(min=1)
+        stats["error_se"] = torch.where(n > 1, (variance / n.clamp(min=1)).sqrt(), math.nan)
+        stats["error_max"] = self.max_error[key].clone()
+        return stats
 
 
 def steps_served(strategy: Strategy, horizon: int = 100) -> int:
@@ -168,3 +207,6 @@ def steps_served(strategy: Strategy, horizon: int = 100) -> int:
 
 
 _FIELDS = ("error", "recall", "density", "blocks", "plan_ms")
+#: What ScoreTable sums per (bucket, layer): the CallScores fields, the per-prompt mean errors, their squares and
+#: the prompt count ([C, H] each, so that ranks can add them).
+SUMMED = (*_FIELDS, "prompt_error", "prompt_error_sq", "prompts")

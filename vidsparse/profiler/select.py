@@ -1,10 +1,16 @@
 """Choosing one candidate per (step bucket, layer, head) from the measured scores and the cost model.
 
+Which error is budgeted (`Selection`): the measured errors are means over a few sampled calls, so the candidate
+with the lowest estimate is often the one whose error was under-estimated (the winner's bias). By default the
+selection budgets the mean plus `margin` (2) standard errors of the mean (`statistic="mean"`), so a candidate
+must be within budget with a safety margin from its own sampling noise; `statistic="max"` budgets the largest
+error of any scored call instead (a tail statistic: no call of the calibration exceeded the budget).
+
 Two objectives:
 
-- error budget e: every head takes its cheapest candidate whose mean measured error is at most e (dense, error
+- error budget e: every head takes its cheapest candidate whose budgeted error is at most e (dense, error
   0, always qualifies). Ties go to the lower error.
-- speed target x: minimize the total error subject to total predicted attention time <= dense time / x. This is a
+- speed target x: minimize the total budgeted error subject to total predicted attention time <= dense time / x. This is a
   multiple-choice knapsack (one choice per head); the Lagrangian relaxation decouples it per head:
   head choice(lambda) = argmin_c  error_c + lambda * cost_c,  and a bisection on lambda finds the smallest
   multiplier whose choices meet the time target (the relaxation's solutions are the convex hull points of each
@@ -29,9 +35,29 @@ from .cost import CostModel
 logger = logging.getLogger(__name__)
 
 
+STATISTICS = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which error the selection budgets: mean + margin x standard error (statistic "mean") or the largest error
+    of a scored call (statistic "max")."""
+
+    statistic: str = "mean"
+    margin: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not 0 <= self.margin < math.inf:
+            raise ValueError(f"margin must be a finite number of standard errors >= 0, got {self.margin!r}")
+
+
 @dataclass
 class LayerScores:
-    """Mean scores of every candidate ([C, H] each) for one (bucket, layer) and the bucket's step weight."""
+    """Scores of every candidate ([C, H] each) for one (bucket, layer) and the bucket's step weight: means over
+    the scored calls, the standard error of the mean error (NaN if one call) and the largest error of a call
+    (both default to the mean's exactness: se 0, max = mean)."""
 
     bucket: int
     layer: int
@@ -41,6 +67,16 @@ class LayerScores:
     density: torch.Tensor
     blocks: torch.Tensor
     plan_ms: torch.Tensor
+    error_se: torch.Tensor | None = None
+    error_max: torch.Tensor | None = None
+
+    def budgeted(self, selection: Selection) -> torch.Tensor:
+        """float64 [C, H]: the error `selection` compares with the budget (an unknown standard error counts 0)."""
+        if selection.statistic == "max":
+            return self.error if self.error_max is None else torch.maximum(self.error_max, self.error)
+        if self.error_se is None:
+            return self.error
+        return self.error + selection.margin * torch.nan_to_num(self.error_se, nan=0.0)
 
 
 def head_costs(candidates: list[Strategy], scores: LayerScores, cost: CostModel) -> torch.Tensor:
@@ -78,8 +114,10 @@ def _dense_index(candidates: list[Strategy]) -> int | None:
     return next((i for i, c in enumerate(candidates) if c.name == "dense"), None)
 
 
-def select_within_budget(candidates: list[Strategy], layers: list[LayerScores], cost: CostModel, budget: float) -> list[torch.Tensor]:
-    """Per layer scores, the chosen candidate index per head ([H] long): cheapest with error <= budget.
+def select_within_budget(candidates: list[Strategy], layers: list[LayerScores], cost: CostModel, budget: float,
+                         selection: Selection = Selection()) -> list[torch.Tensor]:
+    """Per layer scores, the chosen candidate index per head ([H] long): cheapest whose budgeted error
+    (`selection`) is <= budget.
 
     A layer whose sparse call would still be slower than the dense kernel (fixed costs, or a slow sparse backend)
     stays dense: same cost or less, and no error.
@@ -88,7 +126,7 @@ def select_within_budget(candidates: list[Strategy], layers: list[LayerScores], 
     dense = _dense_index(candidates)
     for scores in layers:
         costs = head_costs(candidates, scores, cost)
-        allowed = scores.error <= budget
+        allowed = scores.budgeted(selection) <= budget
         if dense is not None:
             allowed[dense] = True
         # Cheapest first, then lowest error: a tiny error tie-breaker term.
@@ -101,9 +139,11 @@ def select_within_budget(candidates: list[Strategy], layers: list[LayerScores], 
 
 
 def select_for_speedup(
-    candidates: list[Strategy], layers: list[LayerScores], cost: CostModel, *, target_ms: float, fixed_ms: float
+    candidates: list[Strategy], layers: list[LayerScores], cost: CostModel, *, target_ms: float, fixed_ms: float,
+    selection: Selection = Selection(),
 ) -> list[torch.Tensor]:
-    """Least total (weighted) error whose predicted time fits `target_ms`, by a Lagrangian sweep.
+    """Least total (weighted) budgeted error (`selection`) whose predicted time fits `target_ms`, by a Lagrangian
+    sweep.
 
     Args:
         target_ms: total attention milliseconds allowed for the whole run (dense time / speed target).
@@ -111,17 +151,18 @@ def select_for_speedup(
     """
     unit = cost.dense_ms / max(layers[0].error.shape[1], 1) if layers else 1.0  # lambda in errors per dense head
     costs = [head_costs(candidates, s, cost) / max(unit, 1e-12) for s in layers]
+    errors = [s.budgeted(selection) for s in layers]
 
     dense = _dense_index(candidates)
 
     def choose(lam: float) -> tuple[list[torch.Tensor], float]:
         picks, total = [], fixed_ms
-        for scores, c in zip(layers, costs):
-            pick = (scores.error + lam * c + 1e-9 * c).argmin(0)
+        for scores, error, c in zip(layers, errors, costs):
+            pick = (error + lam * c + 1e-9 * c).argmin(0)
             ms = layer_ms(candidates, pick, scores, cost)
             # The per-head costs miss a sparse call's fixed cost: compare the layer's choice with all-dense.
             heads = torch.arange(pick.numel())
-            if dense is not None and lam * cost.dense_ms / unit <= float(scores.error[pick, heads].sum()) + lam * ms / unit:
+            if dense is not None and lam * cost.dense_ms / unit <= float(error[pick, heads].sum()) + lam * ms / unit:
                 pick, ms = torch.full_like(pick, dense), cost.dense_ms
             picks.append(pick)
             total += scores.weight * ms
