@@ -105,7 +105,8 @@ def test_selection_margin_and_tail_statistic():
     se = torch.tensor([[0.0], [0.01], [0.002]], dtype=torch.float64)
     worst = torch.tensor([[0.0], [0.045], [0.07]], dtype=torch.float64)
     blocks = torch.tensor([[36.0], [6.0], [12.0]], dtype=torch.float64)
-    layer = LayerScores(0, 0, 1.0, error, 1 - error, blocks / 36, blocks, torch.zeros(3, dtype=torch.float64), se, worst)
+    layer = LayerScores(0, 0, 1.0, error, 1 - error, blocks / 36, blocks, torch.zeros(3, dtype=torch.float64),
+                        se, worst)
     pick = lambda selection: int(select_within_budget(candidates, [layer], cost, 0.05, selection)[0][0])  # noqa: E731
     assert pick(Selection("mean", 0.0)) == 1  # cheapest by its mean 0.04
     assert pick(Selection("mean", 2.0)) == 2  # 0.04 + 2 x 0.01 > 0.05; 0.03 + 2 x 0.002 fits

@@ -196,10 +196,10 @@ def profile_pipeline(
             scored calls plus `margin` standard errors) or "max" (the largest error of a scored call).
         margin: standard errors added to the mean error for statistic "mean" (a safety margin against choosing
             the candidates whose error happened to be under-estimated).
-        refine: calibration prompts (default: all) re-run with the profile chosen on the dense runs, scoring every candidate
-            again on the activations of that sparse generation; the final choice and its predicted errors come from
-            these scores (later layers and steps of a sparse generation see inputs that already carry the error of
-            earlier ones, and their errors are larger than on the dense trajectory). 0: dense scores only.
+        refine: calibration prompts (default: all) re-run with the profile chosen on the dense runs, scoring every
+            candidate again on the activations of that sparse generation; the final choice and its predicted errors
+            come from these scores (later layers and steps of a sparse generation see inputs that already carry the
+            error of earlier ones, and their errors are larger than on the dense trajectory). 0: dense scores only.
         verify: calibration prompts re-run with the chosen profile (one sparse generation each, same seed) to
             measure the final latents' relative error against their dense run; the largest is the profile's
             `summary.latent_error`. 0: not measured (null).
@@ -303,8 +303,8 @@ def profile_pipeline(
         dense_total = steps * info.num_layers * cost.dense_ms
         fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
         if target_speedup is not None:
-            choices = select_for_speedup(candidates, scored, cost, target_ms=dense_total / target_speedup, fixed_ms=fixed,
-                                         selection=selection)
+            choices = select_for_speedup(candidates, scored, cost, target_ms=dense_total / target_speedup,
+                                         fixed_ms=fixed, selection=selection)
         else:
             choices = select_within_budget(candidates, scored, cost, budget, selection)  # type: ignore[arg-type]
         predicted = fixed + sum(s.weight * layer_ms(candidates, c, s, cost) for s, c in zip(scored, choices))
@@ -433,7 +433,8 @@ def _choices(candidates, scored, choices, num_buckets, num_layers, num_heads) ->
             strategy = candidates[index].at_layer(scores.layer)
             heads.append(HeadChoice(strategy, _round(scores.error[index, head]), min(_round(scores.recall[index, head]), 1.0),
                                     min(_round(scores.density[index, head]), 1.0),
-                                    _optional_round(scores.error_se[index, head]), _round(scores.error_max[index, head])))
+                                    _optional_round(scores.error_se[index, head]),
+                                    _round(scores.error_max[index, head])))
         grid[scores.bucket][scores.layer] = tuple(heads)
     return [tuple(layers) for layers in grid]
 

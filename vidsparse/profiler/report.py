@@ -91,7 +91,8 @@ def _objective(profile: Profile) -> str:
 def check_text(result: dict) -> str:
     """The report of `vidsparse profile --check`: per-head predicted vs achieved errors on held-out prompts."""
     lines = [f"check on {len(result['latent_errors'])} held-out prompt(s) (seeds the calibration did not use):",
-             f"  {'bucket':>6} {'layer':>5} {'head':>4}  {'strategy':<12} {'predicted':>14} {'achieved':>9} {'ratio':>6}"]
+             f"  {'bucket':>6} {'layer':>5} {'head':>4}  {'strategy':<12} {'predicted':>14} {'achieved':>9} "
+             f"{'ratio':>6}"]
     for h in result["heads"]:
         se = "" if h["predicted_se"] is None else f" ±{h['predicted_se']:.4f}"
         lines.append(f"  {h['bucket']:>6} {h['layer']:>5} {h['head']:>4}  {h['strategy']:<12} "
@@ -99,9 +100,11 @@ def check_text(result: dict) -> str:
     stated = result["stated_latent_error"]
     lines.append(
         f"  {100 * result['within']:.0f}% of {len(result['heads'])} sparse heads achieved <= {result['tolerance']:g} x "
-        f"predicted; mean head error predicted {result['predicted_error']:.4f}, achieved {result['achieved_error']:.4f}")
+        f"predicted; mean head error predicted {result['predicted_error']:.4f}, achieved "
+        f"{result['achieved_error']:.4f}")
     lines.append(f"  final latents' relative error {', '.join(f'{e:.4f}' for e in result['latent_errors'])} (profile "
-                 f"states {'nothing' if stated is None else f'{stated:.4f}'}); dense generation {result['dense_s']:.2f} s; "
+                 f"states {'nothing' if stated is None else f'{stated:.4f}'}); dense generation "
+                 f"{result['dense_s']:.2f} s; "
                  f"profiling cost {result.get('profiling_dense_generations', math.nan):.2f} dense generations")
     return "\n".join(lines)
 

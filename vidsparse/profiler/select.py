@@ -10,8 +10,8 @@ Two objectives:
 
 - error budget e: every head takes its cheapest candidate whose budgeted error is at most e (dense, error
   0, always qualifies). Ties go to the lower error.
-- speed target x: minimize the total budgeted error subject to total predicted attention time <= dense time / x. This is a
-  multiple-choice knapsack (one choice per head); the Lagrangian relaxation decouples it per head:
+- speed target x: minimize the total budgeted error subject to total predicted attention time <= dense time / x.
+  This is a multiple-choice knapsack (one choice per head); the Lagrangian relaxation decouples it per head:
   head choice(lambda) = argmin_c  error_c + lambda * cost_c,  and a bisection on lambda finds the smallest
   multiplier whose choices meet the time target (the relaxation's solutions are the convex hull points of each
   head's error/cost curve, which is how the Lagrangian sweep of MoA-style searches works).
@@ -49,7 +49,8 @@ class Selection:
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not 0 <= self.margin < math.inf:
+        margin = self.margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < math.inf:
             raise ValueError(f"margin must be a finite number of standard errors >= 0, got {self.margin!r}")
 
 

@@ -109,7 +109,8 @@ def measure_achieved_error(
     within = sum(h["achieved"] <= tolerance * h["predicted"] for h in heads) / len(heads) if heads else 1.0
     return {"predicted_error": mean("predicted"), "achieved_error": mean("achieved"), "heads": heads,
             "within": within, "tolerance": tolerance, "latent_errors": latent_errors,
-            "latent_error": sum(latent_errors) / len(latent_errors), "stated_latent_error": profile.summary.latent_error,
+            "latent_error": sum(latent_errors) / len(latent_errors),
+            "stated_latent_error": profile.summary.latent_error,
             "dense_s": sum(dense_s) / len(dense_s)}
 
 
