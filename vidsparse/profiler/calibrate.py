@@ -8,8 +8,11 @@
 
 Every attention call of the calibration runs the model's own dense kernel (`call.dense()`), so the generation is
 exactly the dense one. At the sampled steps, for every layer outside the dense schedule, the call's q/k/v are
-scored against every candidate (`scoring.score_call`) and only running means are kept; memory stays bounded by
-one call's scores. Launched on several processes (`accelerate launch` / `torchrun`, torch.distributed
+scored against every candidate (`scoring.score_call`) and only running sums are kept; memory stays bounded by
+one call's scores. Three passes: the dense calibration and a first choice; the refinement, where the calibration
+prompts run with that choice (the pipeline gets the sparse outputs) while every candidate is scored again on
+those activations, and the final choice from these scores; the verification of the final latents' error (skipped
+when the refinement already ran the final choice). Launched on several processes (`accelerate launch` / `torchrun`, torch.distributed
 initialized), each rank generates its share of the prompts and the score tables are all-reduced, so every rank
 selects from the statistics of all prompts (`profiler.distributed`); the caller saves on rank 0. With `save_qkv`, the q/k/v of the chosen layers at the sampled steps are written with
 safetensors for offline re-search (that is the one thing that grows with the run, and only for those layers).
