@@ -70,16 +70,23 @@ def test_kandinsky5_nabla_calls_keep_the_models_sparse_kernel_with_one_warning()
     """NABLA checkpoints reorder tokens into 8x8 blocks and bring their own flex BlockMask: vidsparse leaves them be."""
     pipe = tiny_pipeline("kandinsky5", attention_type="nabla", attention_P=0.9, attention_wT=3, attention_wH=3,
                          attention_wW=3, attention_add_sta=True, attention_method="topcdf")
-    pipe.transformer.set_attention_backend("flex")
-    call = tiny_call("kandinsky5")
-    reference = output(pipe, call)
-    controller = vidsparse.patch(pipe, strategy=SPARSE, dense_warmup_steps=0, dense_layers=())
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    pipe.transformer.set_attention_backend("flex")  # diffusers also makes it the process-wide active backend
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            patched = output(pipe, call)
-    finally:
-        vidsparse.unpatch(pipe)
+        call = tiny_call("kandinsky5")
+        reference = output(pipe, call)
+        controller = vidsparse.patch(pipe, strategy=SPARSE, dense_warmup_steps=0, dense_layers=())
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                patched = output(pipe, call)
+        finally:
+            vidsparse.unpatch(pipe)
+    finally:  # or every later test in this process runs flex
+        pipe.transformer.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(active)
     fallbacks = [str(w.message) for w in caught if issubclass(w.category, DenseFallbackWarning)]
     assert len(fallbacks) == 1 and "attention mask is a BlockMask" in fallbacks[0]
     assert controller.stats["sparse_calls"] == 0
