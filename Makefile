@@ -1,7 +1,7 @@
 # `make test` and `make demo` create .venv on first use and install vidsparse into it with the pinned
 # versions of constraints.txt (torch 2.13.0 CPU build on these machines; never a multi-GB CUDA build).
 # Where pip finds torch only on PyPI (whose Linux wheel is the CUDA build with its nvidia-* wheels, GBs), take
-# the CPU build from PyTorch's index: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# the CPU build from PyTorch's own CPU wheel index: make test TORCH_INDEX=<that index's URL>
 PYTHON ?= python3
 TORCH_INDEX ?=
 VENV := .venv
