@@ -161,6 +161,7 @@ class SparseController:
         self._static_density: float | None = None  # of the plan `plan` returned last, if static
         self._backend_calls: Counter[str] = Counter()
         self._resolved: dict[torch.device, str] = {}  # backend name per device
+
     @property
     def stats(self) -> dict[str, int | float]:
         return {"dense_calls": self._dense_calls, "sparse_calls": self._sparse_calls,
