@@ -153,3 +153,11 @@ def test_argument_errors(tmp_path, pipe):
     assert read_prompts(str(prompts), ["x"]) == ["a red circle", "two blue squares", "x"]
     with pytest.raises(ValueError, match="prompts"):
         read_prompts(None, [])
+
+
+def test_eval_loads_the_random_tiny_models_under_the_name_profiles_record():
+    """`vidsparse profile` records a random tiny pipeline as `tiny-<family>-random`: eval loads it by that name too."""
+    from vidsparse.evaluate.models import load_pipeline
+
+    for name in ("tiny-hunyuan", "tiny-hunyuan-random"):
+        assert type(load_pipeline(name).transformer).__name__ == "HunyuanVideoTransformer3DModel"

@@ -1,9 +1,9 @@
 """What `--model` names: the built-in trained tiny model, a random tiny pipeline, or a diffusers pipeline folder.
 
 - `tiny-wan`: the trained tiny Wan model shipped with vidsparse (`vidsparse.tiny_model.load_tiny_wan`).
-- `tiny-<family>` (e.g. `tiny-hunyuan`): a random-weight tiny pipeline of that family built from configs
-  (`vidsparse.testing.tiny_pipeline`), for trying the tools; its attention is nearly uniform, so its quality
-  numbers mean little.
+- `tiny-<family>` or `tiny-<family>-random` (e.g. `tiny-hunyuan`): a random-weight tiny pipeline of that family
+  built from configs (`vidsparse.testing.tiny_pipeline`), for trying the tools; its attention is nearly uniform,
+  so its quality numbers mean little.
 - anything else: a local folder or a hub id, loaded with `DiffusionPipeline.from_pretrained` (from the local cache
   when offline; vidsparse itself never downloads).
 """
@@ -33,7 +33,8 @@ def load_pipeline(model: str, *, device: str = "cpu", dtype: str = "float32") ->
     elif model.startswith("tiny-"):
         from ..testing import tiny_pipeline
 
-        pipe = tiny_pipeline(model.removeprefix("tiny-")).to(device)
+        # `tiny-<family>-random` is what `vidsparse profile` records for these pipelines: the same model.
+        pipe = tiny_pipeline(model.removeprefix("tiny-").removesuffix("-random")).to(device)
     else:
         from diffusers import DiffusionPipeline
 
