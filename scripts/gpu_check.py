@@ -58,7 +58,7 @@ import bench_pipeline  # noqa: E402
 import vidsparse  # noqa: E402
 from bench_attention import CUDA_SHAPES, device_name, nearest_plan, sampled_error, timed  # noqa: E402
 from bench_overhead import FixedHeads, mixed_layer, save  # noqa: E402
-from vidsparse.attention import run_plan, to_working_order  # noqa: E402
+from vidsparse.attention import resolve_backend, run_plan, to_working_order  # noqa: E402
 from vidsparse.backends.flex import _compiled_flex_attention, plan_block_mask  # noqa: E402
 from vidsparse.controller import DenseSchedule, ScheduledPolicy, SparseController  # noqa: E402
 from vidsparse.layout import VideoLayout  # noqa: E402
@@ -117,7 +117,7 @@ def check_correctness(setup: Setup) -> list[dict]:
         rows = torch.randperm(layout.seq_len, generator=generator)[:64].to(setup.device)
         for density in (1.0, 0.2):
             plan = nearest_plan(layout, heads, density, generator).to(setup.device)
-            out = run_plan(q, k, v, plan, scale=None, backend="triton")
+            out = run_plan(q, k, v, plan, scale=None, backend=resolve_backend("triton", setup.device))
             mask = plan.to_dense_mask(rows)
             sdpa = F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=mask)
             sdpa_full = torch.zeros_like(out)
@@ -159,10 +159,11 @@ def kernel_speed(setup: Setup) -> list[dict]:
 
         for name, backend in SDPA_BACKENDS.items():
             add(name, 1.0, lambda: _sdpa_time(backend, q, k, v, setup))
+        triton = resolve_backend("triton", setup.device)
         for target in setup.densities:
             plan = nearest_plan(layout, heads, target, generator).to(setup.device)
             density = plan.density()
-            add("triton", density, lambda: timed(lambda: run_plan(q, k, v, plan, scale=None, backend="triton"),
+            add("triton", density, lambda: timed(lambda: run_plan(q, k, v, plan, scale=None, backend=triton),
                                                   setup.repeats, setup.device))
             block_mask = plan_block_mask(plan, setup.device)
             qw, kw, vw = (to_working_order(x, plan) for x in (q, k, v))

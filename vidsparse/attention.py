@@ -108,11 +108,12 @@ def run_plan(
 ) -> torch.Tensor:
     """`block_sparse_attention` on the per-call path, for plans vidsparse built for these tensors itself.
 
-    Nothing is checked (the checks are host-side and the plan is on q's device already). With `out` ([B, H, Sq, D],
+    Nothing is checked or resolved: `backend` is a registered backend's name, as `resolve_backend` answers it (the
+    controller resolves "auto" once per device), and the plan is on q's device already. With `out` ([B, H, Sq, D],
     any strides, e.g. a view of the [B, S, H, D] buffer the model expects), the result is written there.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _BACKENDS[resolve_backend(backend, q.device)](q, k, v, plan, scale, out=out)
+    return _BACKENDS[backend](q, k, v, plan, scale, out=out)
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan) -> None:
