@@ -95,7 +95,9 @@ def test_peft_lora_add_fuse_unload():
 def test_cache_dit(order):
     """cache-dit's DBCache (a config that caches on the tiny 2-layer model) with the patch, either order: sparse
     calls happen on the steps cache-dit computes, and the output equals patch-then-cache's."""
-    cache_dit = pytest.importorskip("cache_dit", reason="cache-dit is an optional test dependency (make test installs it)")
+    cache_dit = pytest.importorskip(
+        "cache_dit", reason="cache-dit is an optional test dependency (make test installs it)"
+    )
 
     def generate(order: str) -> tuple[torch.Tensor, dict]:
         pipe = tiny_pipeline("wan")

@@ -130,8 +130,8 @@ def test_reused_plans_are_the_refresh_steps_plans():
 
     def recording(call):
         out = controller(call)
-        seen.append((call.layer, call.branch, call.step, controller.reuse._entries[((call.layer, call.branch), "all")].plan,
-                     strategy.plan(call.layout, call.q, call.k)))
+        used = controller.reuse._entries[((call.layer, call.branch), "all")].plan
+        seen.append((call.layer, call.branch, call.step, used, strategy.plan(call.layout, call.q, call.k)))
         return out
 
     install(pipe, recording)

@@ -259,7 +259,9 @@ class _LayerPlan:
     static_density: float | None = None
 
     @classmethod
-    def build(cls, layout: VideoLayout, strategies: tuple[Strategy, ...], batch: int, device: torch.device) -> _LayerPlan:
+    def build(
+        cls, layout: VideoLayout, strategies: tuple[Strategy, ...], batch: int, device: torch.device
+    ) -> _LayerPlan:
         heads_of: dict[Strategy, list[int]] = {}
         for head, strategy in enumerate(strategies):
             if strategy.is_dynamic:

@@ -583,7 +583,8 @@ def _read_key_padding(mask: torch.Tensor, batch: int, seq_len: int) -> _KeyPaddi
     prefix = torch.arange(seq_len, device=keys.device) < lengths[:, None]
     if not torch.equal(keys, prefix):
         return None
-    if square and not torch.equal(mask.expand(batch, 1, seq_len, seq_len)[:, 0], prefix[:, :, None] & prefix[:, None, :]):
+    pairs = prefix[:, :, None] & prefix[:, None, :]
+    if square and not torch.equal(mask.expand(batch, 1, seq_len, seq_len)[:, 0], pairs):
         return None
     host = lengths.tolist()
     groups = tuple(

@@ -33,7 +33,10 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def video_block_lengths(layout: VideoLayout, device: torch.device | str = "cpu") -> torch.Tensor:
     """int64 [num_video_blocks]: real tokens in each video tile."""
-    return on_device(layout, "video_block_lengths", device, lambda: layout.block_lengths[: layout.num_video_blocks].long())
+    def make() -> torch.Tensor:
+        return layout.block_lengths[: layout.num_video_blocks].long()
+
+    return on_device(layout, "video_block_lengths", device, make)
 
 
 def pool_video_blocks(layout: VideoLayout, x: torch.Tensor) -> torch.Tensor:

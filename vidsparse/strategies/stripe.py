@@ -135,7 +135,9 @@ class Stripe(Strategy):
         rows = on_device((self, layout), "sampled_rows", q.device, lambda: self.sampled_rows(layout))
         scores = torch.matmul(q[:, :, rows].float(), k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
         probs = torch.softmax(scores, dim=-1).mean(2)  # [B, H, S]
-        key_block = on_device(layout, "block_of_token", q.device, lambda: layout.inverse_permutation // layout.block_size)
+        key_block = on_device(
+            layout, "block_of_token", q.device, lambda: layout.inverse_permutation // layout.block_size
+        )
         block_mass = torch.zeros(*probs.shape[:2], layout.num_blocks, device=q.device).index_add_(-1, key_block, probs)
         video_mass = block_mass[..., :mv]
         text_mass = block_mass[..., mv:].sum(-1, keepdim=True)

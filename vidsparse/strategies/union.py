@@ -68,7 +68,10 @@ class Union(Strategy):
         if q is None or k is None:
             raise ValueError("union: a part is dynamic, so the union needs q and k")
         return union_of_plans(
-            [part.plan(layout, q, k) if part.is_dynamic else _static_plan_on(part, layout, q.device) for part in self.parts]
+            [
+                part.plan(layout, q, k) if part.is_dynamic else _static_plan_on(part, layout, q.device)
+                for part in self.parts
+            ]
         )
 
     def block_mask(self, layout: VideoLayout) -> torch.Tensor:
