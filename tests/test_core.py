@@ -42,13 +42,15 @@ def _expected_block_of_token(layout: VideoLayout) -> torch.Tensor:
                 else:
                     blocks[layout.video_offset + i] = len(full) + packed_slot[(f, h, w)] // layout.block_size
                 i += 1
-    text = torch.arange(layout.text_tokens) // layout.block_size + layout.num_video_blocks
-    blocks[layout.text_offset : layout.text_offset + layout.text_tokens] = text
+    # Dense blocks after the video: the text and prefix tokens in the model's order.
+    outside = torch.ones(layout.seq_len, dtype=torch.bool)
+    outside[layout.video_offset : layout.video_offset + layout.num_video_tokens] = False
+    blocks[outside] = torch.arange(layout.num_dense_tokens) // layout.block_size + layout.num_video_blocks
     return blocks
 
 
 def _tile_of_token(layout: VideoLayout) -> torch.Tensor:
-    """Tile index (row-major over the tile grid) of every model-order video token; -1 for text."""
+    """Tile index (row-major over the tile grid) of every model-order video token; -1 for text and prefix."""
     nf, nh, nw = layout.tile_grid
     c = layout.token_coords
     tiles = ((c[:, 0] // layout.tile[0]) * nh + c[:, 1] // layout.tile[1]) * nw + c[:, 2] // layout.tile[2]
@@ -63,7 +65,7 @@ def _check_layout(layout: VideoLayout) -> None:
     assert torch.equal(torch.sort(real).values, torch.arange(layout.seq_len))  # every token exactly once
     assert int((perm < 0).sum()) == layout.padded_len - layout.seq_len
     assert torch.equal(perm[inv], torch.arange(layout.seq_len))  # round trip
-    # Each token sits in the block of its full tile or in its packed edge block (text: the text blocks, in order).
+    # Each token sits in the block of its full tile or in its packed edge block (text and prefix: the dense blocks).
     assert torch.equal(inv // bs, _expected_block_of_token(layout))
     # Inside a block: real tokens first, by tile and then in the model's (f, h, w) order, then padding.
     blocks = perm.view(layout.num_blocks, bs)
@@ -74,7 +76,7 @@ def _check_layout(layout: VideoLayout) -> None:
         assert bool((row[:n] >= 0).all()) and bool((row[n:] < 0).all())
         order = tile[row[:n]].clamp(min=0) * layout.seq_len + row[:n]
         assert bool((order[1:] > order[:-1]).all())
-    # Padding: only the last video block and the last text block may be partly empty.
+    # Padding: only the last video block and the last dense block may be partly empty.
     mv = layout.num_video_blocks
     assert bool((lengths[: mv - 1] == bs).all()) and bool((lengths[mv:-1] == bs).all())
     # Blocks <-> tiles, from token coordinates alone.
@@ -93,8 +95,8 @@ def _check_layout(layout: VideoLayout) -> None:
     for t in range(layout.num_tiles):
         tf, th, tw = layout.tile_coordinates[t].tolist()
         assert layout.tile_index(tf, th, tw) == t
-    assert list(layout.text_blocks()) == list(range(layout.num_video_blocks, layout.num_blocks))
-    assert int(lengths[layout.num_video_blocks :].sum()) == layout.text_tokens
+    assert list(layout.dense_blocks()) == list(range(layout.num_video_blocks, layout.num_blocks))
+    assert int(lengths[layout.num_video_blocks :].sum()) == layout.text_tokens + layout.prefix_tokens
 
 
 @settings(max_examples=40, deadline=None)
@@ -105,9 +107,11 @@ def _check_layout(layout: VideoLayout) -> None:
     text_tokens=st.integers(0, 40),
     text_position=st.sampled_from(["suffix", "prefix"]),
     tile=st.sampled_from(TILES),
+    prefix_tokens=st.sampled_from([0, 0, 1, 7, 40]),
 )
-def test_random_layouts(frames, height, width, text_tokens, text_position, tile):
-    _check_layout(VideoLayout(frames, height, width, text_tokens=text_tokens, text_position=text_position, tile=tile))
+def test_random_layouts(frames, height, width, text_tokens, text_position, tile, prefix_tokens):
+    _check_layout(VideoLayout(frames, height, width, text_tokens=text_tokens, text_position=text_position, tile=tile,
+                              prefix_tokens=prefix_tokens))
 
 
 def test_text_prefix_and_suffix_positions():
@@ -121,6 +125,30 @@ def test_text_prefix_and_suffix_positions():
     assert prefix.token_coords[:5].tolist() == [[-1, -1, -1]] * 5
     assert prefix.token_coords[5].tolist() == [0, 0, 0]
     assert suffix.token_coords[-1].tolist() == [-1, -1, -1]
+
+
+def test_prefix_tokens_before_the_video_are_dense_blocks_with_the_text():
+    # Framepack's order: 6 history tokens, the 2 x 4 x 4 video, 5 text tokens.
+    layout = VideoLayout(2, 4, 4, text_tokens=5, tile=(1, 4, 4), prefix_tokens=6)
+    assert (layout.seq_len, layout.video_offset, layout.text_offset, layout.num_dense_tokens) == (43, 6, 38, 11)
+    assert layout.permutation[:32].tolist() == list(range(6, 38))
+    assert layout.permutation[32:43].tolist() == list(range(6)) + list(range(38, 43))
+    assert layout.num_blocks == 3 and layout.block_lengths.tolist() == [16, 16, 11]
+    assert layout.token_coords[:6].tolist() == [[-1, -1, -1]] * 6 and layout.token_coords[6].tolist() == [0, 0, 0]
+    # With text first (CogVideoX's side): [text][prefix][video].
+    cog = VideoLayout(2, 4, 4, text_tokens=5, text_position="prefix", tile=(1, 4, 4), prefix_tokens=6)
+    assert (cog.prefix_offset, cog.video_offset, cog.text_offset) == (5, 11, 0)
+    assert cog.permutation[32:43].tolist() == list(range(11))
+    # A window of one tile keeps, per video query, its own tile and every dense key; dense queries keep every key.
+    from vidsparse.strategies import get
+
+    mask = get("neighborhood", window=1).plan(layout).to_dense_mask()[0, 0]
+    dense = torch.zeros(43, dtype=torch.bool)
+    dense[:6] = dense[38:] = True
+    assert bool(mask[dense].all()) and bool(mask[:, dense].all())
+    video = ~dense
+    frame = (torch.arange(43) - 6) // 16
+    assert torch.equal(mask[video][:, video], frame[video][:, None] == frame[video][None, :])
 
 
 def test_edge_tiles_are_packed():
@@ -177,6 +205,8 @@ def test_layout_errors():
         VideoLayout(2, 4, 4, tile=(1, 3, 4))
     with pytest.raises(ValueError, match="frames"):
         VideoLayout(0, 4, 4)
+    with pytest.raises(ValueError, match="prefix_tokens"):
+        VideoLayout(1, 4, 4, prefix_tokens=-1)
     with pytest.raises(ValueError, match="text_position"):
         VideoLayout(1, 4, 4, text_tokens=2, text_position="middle")
     layout = VideoLayout(2, 4, 4, tile=(1, 4, 4))

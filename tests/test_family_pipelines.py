@@ -7,15 +7,20 @@ For each class, a tiny pipeline built from configs (`vidsparse.testing.pipeline_
 2. with a sparse plan: every call reaches the controller (no DenseFallbackWarning), on the expected latent grid, and
    each patched layer's output equals float64 attention masked by the same plan, and text tokens sit where the
    family puts them.
+   Tokens outside the grid (text, Framepack's history) keep whole rows and columns, and the video part of the plan
+   is the plan of the grid alone.
 The text-to-video classes (and Wan I2V, HunyuanVideo, Mochi) are covered by test_patch.py and test_families.py.
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import warnings
 
 import pytest
 import torch
+from test_family_framepack import check_dense_outside_the_grid
 from test_patch import Recorder, check_against_oracle, sparse_recorder
 
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
@@ -57,6 +62,8 @@ GRIDS = {
     # HunyuanVideo VAE 4x in time, 8x in space, patch 2: 9 frames at 256 px -> 3 x 16 x 16.
     "HunyuanSkyreelsImageToVideoPipeline": (3, 16, 16),
     "HunyuanVideoImageToVideoPipeline": (3, 16, 16),
+    # One Framepack section of latent_window_size 2 at 256 px: 2 x 16 x 16.
+    "HunyuanVideoFramepackPipeline": (2, 16, 16),
 }
 
 #: class -> text tokens in the self-attention sequence (absent: none, text is in cross-attention).
@@ -67,12 +74,14 @@ TEXT = {
     # with 11 and 17 valid tokens).
     "HunyuanSkyreelsImageToVideoPipeline": ("suffix", {10, 7}),
     "HunyuanVideoImageToVideoPipeline": ("suffix", {11, 17}),
+    # Framepack: 16 SigLIP image tokens, then the prompt's valid tokens.
+    "HunyuanVideoFramepackPipeline": ("suffix", {16 + 10, 16 + 7}),
 }
 
-#: Diffusion forcing steps per-frame copies of the scheduler and LTX-2 steps its audio latents with one (deepcopy),
-#: which the pipeline-level step tracking does not survive yet (see test_pipeline_patch_with_scheduler_copies);
-#: patching the transformer alone runs them.
-PATCH_TRANSFORMER = {name for name in GRIDS if "DiffusionForcing" in name or name.startswith("LTX2")}
+#: class -> history tokens before the video (absent: none). Framepack's default (inverted anti-drifting) history at
+#: 256 px, patch 2 / (2, 4, 4) / (4, 8, 8): clean start image + 1 frame 2 x 16 x 16, 2 frames at 2x 1 x 8 x 8, 16
+#: frames at 4x 4 x 4 x 4.
+PREFIX = {"HunyuanVideoFramepackPipeline": 2 * 16 * 16 + 8 * 8 + 4 * 4 * 4}
 
 FULL = ("neighborhood", {"window": 64})
 
@@ -82,7 +91,8 @@ def _grids(name: str) -> set:
 
 
 def _run(pipe, call) -> torch.Tensor:
-    return pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    frames = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    return torch.cat([f.flatten() for f in frames]) if isinstance(frames, list) else frames  # Framepack: per section
 
 
 def _run_patched(pipe, call, controller, target) -> torch.Tensor:
@@ -98,33 +108,49 @@ def _run_patched(pipe, call, controller, target) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(GRIDS))
 def test_pipeline_class_runs_sparse_and_matches_oracle(name):
     pipe, call = tiny_pipeline_of(name)
-    target = pipe.transformer if name in PATCH_TRANSFORMER else pipe
     reference = _run(pipe, call)
 
     full = Recorder(SparseController(StrategyPolicy(get(FULL[0], **FULL[1]), DenseSchedule(0, frozenset()))))
-    torch.testing.assert_close(_run_patched(pipe, call, full, target), reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_run_patched(pipe, call, full, pipe), reference, rtol=1e-4, atol=1e-4)
     assert full.calls and {call.layout.grid for call, _ in full.calls} == _grids(name)
 
     recorder = sparse_recorder()
-    out = _run_patched(pipe, call, recorder, target)
+    out = _run_patched(pipe, call, recorder, pipe)
     assert torch.isfinite(out).all() and not torch.allclose(out, reference, atol=1e-4)
     assert {call.layout.grid for call, _ in recorder.calls} == _grids(name)
     position, counts = TEXT.get(name, (None, {0}))
     assert {call.layout.text_tokens for call, _ in recorder.calls} == counts
     if position is not None:
         assert {call.layout.text_position for call, _ in recorder.calls} == {position}
+    assert {call.layout.prefix_tokens for call, _ in recorder.calls} == {PREFIX.get(name, 0)}
     check_against_oracle(recorder)
+    check_dense_outside_the_grid(recorder)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("SkyReelsV2DiffusionForcingPipeline", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason="diffusion forcing steps only per-frame copies of its scheduler, "
-        "so the step tracker counts no step (needs another step source)")),
-    "LTX2Pipeline",  # copies its scheduler for the audio latents: the copy steps itself, uncounted
+#: Asynchronous diffusion forcing: the frames' schedules one step apart, 3 steps over 3 latent frames in 5 iterations.
+ASYNC = dict(ar_step=1, causal_block_size=1, num_inference_steps=3)
+
+
+@pytest.mark.parametrize("name, extra, iterations", [
+    # Diffusion forcing steps only per-frame copies of its scheduler: its iterations are counted by its progress bar.
+    ("SkyReelsV2DiffusionForcingPipeline", {}, 2),
+    ("SkyReelsV2DiffusionForcingPipeline", ASYNC, 5),
+    ("SkyReelsV2DiffusionForcingImageToVideoPipeline", {}, 2),
+    ("SkyReelsV2DiffusionForcingVideoToVideoPipeline", ASYNC, 3),  # 2 latent frames given: 1 generated, 3 steps
+    ("LTX2Pipeline", {}, 2),  # copies its scheduler for the audio latents: the copy steps itself, uncounted
 ])
-def test_pipeline_patch_with_scheduler_copies(name):
+def test_pipeline_patch_with_scheduler_copies(name, extra, iterations):
     pipe, call = tiny_pipeline_of(name)
-    recorder = sparse_recorder()
-    _run_patched(pipe, call, recorder, pipe)
-    # Every denoising step is counted: the default dense warm-up is a fraction of them.
-    assert {c.step for c, _ in recorder.calls} == set(range(call["num_inference_steps"]))
+    recorder = sparse_recorder(warmup=0.4)
+    _run_patched(pipe, {**call, **extra}, recorder, pipe)
+    # Every iteration is counted, each with the same transformer calls (both CFG branches, every layer).
+    per_step = collections.Counter(c.step for c, _ in recorder.calls)
+    assert set(per_step) == set(range(iterations)) and len(set(per_step.values())) == 1
+    assert {c.num_steps for c, _ in recorder.calls if c.step > 0} == {iterations}
+    # Dense warm-up: the first ceil(0.4 * iterations) steps, then sparse.
+    policy, warm = recorder.inner.policy, set(range(math.ceil(0.4 * iterations)))
+    dense = {c.step for c, _ in recorder.calls if policy.strategies(c.step, c.num_steps, c.layer, c.q.shape[1]) is None}
+    assert dense == warm
+    warm_calls = sum(per_step[step] for step in warm)
+    assert recorder.inner.stats["dense_calls"] == warm_calls
+    assert recorder.inner.stats["sparse_calls"] == len(recorder.calls) - warm_calls > 0

@@ -94,3 +94,18 @@ def test_cli_inspect_model(tmp_path, capsys):
     assert main(["inspect-model", str(tmp_path)]) == 1
     assert "linear attention" in capsys.readouterr().out
     assert main(["inspect-model", str(tmp_path), "--variant", "i2v"]) == 2  # --variant is for tiny models only
+
+
+def test_framepack_is_supported_and_reports_its_sparse_modules(tmp_path, capsys):
+    from vidsparse.testing.pipeline_classes import tiny_pipeline_of
+
+    pipe, _ = tiny_pipeline_of("HunyuanVideoFramepackPipeline")
+    report = describe_support(pipe)
+    assert report.supported and report.info.family == "hunyuan"
+    assert expand(report.sparse) == len(patched_names(pipe)) == report.info.num_layers == 3
+    # FramePackI2V_HY's transformer config (20 dual- and 40 single-stream blocks, 24 heads of 128), weights not read.
+    (tmp_path / "config.json").write_text(json.dumps({
+        "_class_name": "HunyuanVideoFramepackTransformer3DModel", "has_clean_x_embedder": True,
+        "has_image_proj": True, "image_proj_dim": 1152}))
+    assert main(["inspect-model", str(tmp_path)]) == 0
+    assert "supported (family hunyuan): 60 self-attention layers" in capsys.readouterr().out

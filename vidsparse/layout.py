@@ -4,14 +4,17 @@ Video DiTs flatten the latent grid frame-major, `(f, h, w)` row-major. Kernels c
 consecutive tokens, so strategies that are local in 3D reorder the tokens into *tiles* of shape `(tf, th, tw)`
 whose volume is the kernel block size. The reordered sequence is the *working order*:
 
-    [full tile 0] ... [full tile n-1][packed edge tiles ... padding][text block 0] ... [text block T-1]
+    [full tile 0] ... [full tile n-1][packed edge tiles ... padding][dense block 0] ... [dense block D-1]
 
 Tiles are enumerated row-major over the tile grid `(nF, nH, nW)` (edge tiles included); inside a tile tokens keep
 their `(f, h, w)` order. A tile the grid fills completely is one kernel block. Where the grid is not divisible by
 the tile, the edge tiles are partly empty: their real tokens are *packed* one after the other (in tile order) into
-the blocks that follow the full tiles, and only the last of those blocks is padded. Text tokens (prefix or suffix
-in the model's order) always go to the end of the working order, padded to whole blocks. Padding slots are never
-attended to as keys, and outputs for them are dropped when going back to the model's order.
+the blocks that follow the full tiles, and only the last of those blocks is padded. The tokens outside the grid go
+to the end of the working order, padded to whole blocks: the *dense blocks*, whose rows and columns every strategy
+keeps (`vidsparse.strategies.with_dense_text`). They are the text tokens (prefix or suffix in the model's order) and
+the layout's `prefix_tokens`, other tokens the model puts right before the video (Framepack's history latents,
+packed at three scales: no grid of their own, so no locality a strategy could use), in the model's order. Padding
+slots are never attended to as keys, and outputs for them are dropped when going back to the model's order.
 
 Why packing (issue 18, measured by `scripts/tile_padding.py`, results in `scripts/results/tile_padding.json`):
 the kernel computes whole blocks, padding included, so a dense call costs (slots / tokens)^2 of the real FLOPs.
@@ -60,7 +63,9 @@ def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
 
 @dataclass(frozen=True)
 class VideoLayout:
-    """The token layout of one self-attention call over a video (plus optional text tokens).
+    """The token layout of one self-attention call over a video (plus optional text and prefix tokens).
+
+    The model's order is [text if "prefix"][prefix tokens][video, (f, h, w) row-major][text if "suffix"].
 
     Args:
         frames, height, width: the latent grid after patchify (tokens per axis).
@@ -68,6 +73,8 @@ class VideoLayout:
         text_position: "suffix" (HunyuanVideo) or "prefix" (CogVideoX): where text sits in the model's order.
         tile: (tf, th, tw) tokens per tile; its volume is the kernel block size and must be a power of two
             between 16 and 256. Default: `DEFAULT_TILE`, the same at every grid.
+        prefix_tokens: tokens outside the grid right before the video (Framepack's history latents); dense, like
+            text.
     """
 
     frames: int
@@ -76,11 +83,13 @@ class VideoLayout:
     text_tokens: int = 0
     text_position: TextPosition = "suffix"
     tile: tuple[int, int, int] | None = None
+    prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("frames", "height", "width"):
             _check_positive_int(name, getattr(self, name))
         _check_positive_int("text_tokens", self.text_tokens, minimum=0)
+        _check_positive_int("prefix_tokens", self.prefix_tokens, minimum=0)
         if self.text_position not in ("suffix", "prefix"):
             raise ValueError(f"VideoLayout: text_position must be 'suffix' or 'prefix', got {self.text_position!r}")
         tile = DEFAULT_TILE if self.tile is None else tuple(self.tile)
@@ -110,9 +119,14 @@ class VideoLayout:
         return self.frames * self.height * self.width
 
     @property
+    def num_dense_tokens(self) -> int:
+        """Tokens outside the grid, kept densely by every plan: prefix + text."""
+        return self.prefix_tokens + self.text_tokens
+
+    @property
     def seq_len(self) -> int:
-        """Length of the attention sequence in the model's order (video + text)."""
-        return self.num_video_tokens + self.text_tokens
+        """Length of the attention sequence in the model's order (video + text + prefix)."""
+        return self.num_video_tokens + self.num_dense_tokens
 
     @property
     def tile_grid(self) -> tuple[int, int, int]:
@@ -134,12 +148,12 @@ class VideoLayout:
         return self.num_full_tiles + math.ceil(packed / self.block_size)
 
     @property
-    def num_text_blocks(self) -> int:
-        return math.ceil(self.text_tokens / self.block_size)
+    def num_dense_blocks(self) -> int:
+        return math.ceil(self.num_dense_tokens / self.block_size)
 
     @property
     def num_blocks(self) -> int:
-        return self.num_video_blocks + self.num_text_blocks
+        return self.num_video_blocks + self.num_dense_blocks
 
     @property
     def padded_len(self) -> int:
@@ -152,16 +166,22 @@ class VideoLayout:
         return (self.padded_len / self.seq_len) ** 2
 
     @property
+    def prefix_offset(self) -> int:
+        """Index of the first prefix token in the model's order."""
+        return self.text_tokens if self.text_position == "prefix" else 0
+
+    @property
     def video_offset(self) -> int:
         """Index of the first video token in the model's order."""
-        return self.text_tokens if self.text_position == "prefix" else 0
+        return self.prefix_offset + self.prefix_tokens
 
     @property
     def text_offset(self) -> int:
         """Index of the first text token in the model's order."""
-        return 0 if self.text_position == "prefix" else self.num_video_tokens
+        return 0 if self.text_position == "prefix" else self.video_offset + self.num_video_tokens
 
-    def text_blocks(self) -> range:
+    def dense_blocks(self) -> range:
+        """The blocks of the prefix and text tokens (the last of the working order)."""
         return range(self.num_video_blocks, self.num_blocks)
 
     # ----- tiles -----------------------------------------------------------------------------------------
@@ -203,9 +223,10 @@ class VideoLayout:
     @cached_property
     def permutation(self) -> torch.Tensor:
         """int64 [padded_len]: model-order index of the token at each working position, -1 for padding."""
-        text = torch.full((self.num_text_blocks * self.block_size,), -1, dtype=torch.int64)
-        text[: self.text_tokens] = self.text_offset + torch.arange(self.text_tokens)
-        return torch.cat([self._working_order[0], text])
+        dense = torch.full((self.num_dense_blocks * self.block_size,), -1, dtype=torch.int64)
+        after_video = torch.arange(self.video_offset + self.num_video_tokens, self.seq_len)
+        dense[: self.num_dense_tokens] = torch.cat([torch.arange(self.video_offset), after_video])
+        return torch.cat([self._working_order[0], dense])
 
     @cached_property
     def inverse_permutation(self) -> torch.Tensor:
@@ -223,7 +244,7 @@ class VideoLayout:
 
     @cached_property
     def token_coords(self) -> torch.Tensor:
-        """int64 [seq_len, 3]: (f, h, w) of every token in the model's order; -1 for text tokens."""
+        """int64 [seq_len, 3]: (f, h, w) of every token in the model's order; -1 for text and prefix tokens."""
         coords = torch.full((self.seq_len, 3), -1, dtype=torch.int64)
         f, h, w = torch.meshgrid(*(torch.arange(n) for n in self.grid), indexing="ij")
         video = torch.stack([f.reshape(-1), h.reshape(-1), w.reshape(-1)], dim=1)
@@ -301,4 +322,5 @@ class VideoLayout:
 
     def __repr__(self) -> str:
         text = f", text_tokens={self.text_tokens} ({self.text_position})" if self.text_tokens else ""
-        return f"VideoLayout(grid={self.grid}{text}, tile={self.tile}, blocks={self.num_blocks})"
+        prefix = f", prefix_tokens={self.prefix_tokens}" if self.prefix_tokens else ""
+        return f"VideoLayout(grid={self.grid}{text}{prefix}, tile={self.tile}, blocks={self.num_blocks})"

@@ -26,7 +26,14 @@ own kernel with its own mask.
 Step tracking: for a pipeline, the scheduler's `set_timesteps` (start of a call: step 0, number of steps) and
 `step` (one denoising step done) are wrapped on the scheduler instance. This counts steps, not transformer calls,
 so classifier-free guidance (one or two transformer calls per step), batch > 1, Wan 2.2's two experts (one shared
-count), CPU offload and `torch.compile` of the transformer do not change it. A bare transformer has no scheduler:
+count), CPU offload and `torch.compile` of the transformer do not change it. Deep copies of the scheduler step
+themselves, uncounted (LTX-2's audio latents). A pipeline that never steps its scheduler but only copies of it
+(SkyReels V2 diffusion forcing: one copy per latent frame, each stepped when its frame is updated) is counted by
+the pipeline's progress bar instead, which it opens with its number of iterations and updates once per iteration:
+from its second iteration on (at the first, the scheduler's count is 0 as well) the step is the number of updates
+and the number of steps the bar's total (with asynchronous diffusion forcing more iterations than
+`num_inference_steps`, the first reports the latter). Ordinary pipelines step their scheduler before the bar's
+first update, so their count is the scheduler's. A bare transformer has no scheduler:
 its step is counted from changes of the `timestep` input (a new call starts when the timestep goes up) and the
 number of steps is unknown (None).
 """
@@ -116,23 +123,29 @@ _MISSING = object()
 
 
 class _SchedulerStepTracker:
-    """Counts `scheduler.step` calls since the last `scheduler.set_timesteps` (see the module docstring)."""
+    """Counts `scheduler.step` calls since the last `scheduler.set_timesteps`, or the pipeline's progress-bar updates
+    when only copies of the scheduler step (see the module docstring)."""
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: Any, pipeline: Any) -> None:
         self.scheduler = scheduler
+        self.pipeline = pipeline
         self.count: int | None = None
         self.num_steps: int | None = None
-        self._saved: dict[str, Any] = {}
+        self.progress: list | None = None  # [updates, total] of the pipeline's progress bar opened since set_timesteps
+        self._saved: list[tuple[Any, str, Any]] = []  # (object, attribute, its own value before, or _MISSING)
+
+    def _replace(self, obj: Any, name: str, value: Any) -> None:
+        self._saved.append((obj, name, obj.__dict__.get(name, _MISSING)))
+        setattr(obj, name, value)
 
     def attach(self) -> None:
         sch = self.scheduler
-        self._saved = {name: sch.__dict__.get(name, _MISSING) for name in ("set_timesteps", "step", "__deepcopy__")}
         set_timesteps, step = sch.set_timesteps, sch.step
 
         @functools.wraps(set_timesteps)
         def tracked_set_timesteps(*args: Any, **kwargs: Any) -> Any:
             out = set_timesteps(*args, **kwargs)
-            self.count, self.num_steps = 0, len(sch.timesteps)
+            self.count, self.num_steps, self.progress = 0, len(sch.timesteps), None
             return out
 
         @functools.wraps(step)
@@ -151,14 +164,38 @@ class _SchedulerStepTracker:
             finally:
                 sch.__dict__.update(wrappers)
 
-        sch.set_timesteps, sch.step, sch.__deepcopy__ = tracked_set_timesteps, tracked_step, untracked_deepcopy
+        for name, wrapper in (("set_timesteps", tracked_set_timesteps), ("step", tracked_step),
+                              ("__deepcopy__", untracked_deepcopy)):
+            self._replace(sch, name, wrapper)
+        progress_bar = getattr(self.pipeline, "progress_bar", None)
+        if callable(progress_bar):
+            self._replace(self.pipeline, "progress_bar", self._counting(progress_bar))
+
+    def _counting(self, progress_bar: Callable[..., Any]) -> Callable[..., Any]:
+        """The pipeline's `progress_bar(iterable=None, total=None)`, its bars counting their updates."""
+
+        @functools.wraps(progress_bar)
+        def tracked_progress_bar(*args: Any, **kwargs: Any) -> Any:
+            bar = progress_bar(*args, **kwargs)
+            progress = self.progress = [0, kwargs.get("total", args[1] if len(args) > 1 else None)]
+            update = bar.update
+
+            def counted_update(n: int = 1) -> Any:
+                progress[0] += n
+                return update(n)
+
+            bar.update = counted_update
+            return bar
+
+        return tracked_progress_bar
 
     def detach(self) -> None:
-        for name, saved in self._saved.items():
+        for obj, name, saved in reversed(self._saved):
             if saved is _MISSING:
-                self.scheduler.__dict__.pop(name, None)
+                obj.__dict__.pop(name, None)
             else:
-                setattr(self.scheduler, name, saved)
+                setattr(obj, name, saved)
+        self._saved.clear()
 
     def observe(self, inputs: dict[str, Any]) -> None:
         """Nothing to read from the transformer's inputs: the scheduler says where the loop is."""
@@ -166,6 +203,8 @@ class _SchedulerStepTracker:
     def current(self) -> tuple[int | None, int | None]:
         if self.count is None:
             return None, None
+        if self.count == 0 and self.progress is not None and self.progress[0] > 0:
+            return self.progress[0], self.progress[1]  # only copies of the scheduler step (diffusion forcing)
         # Video-to-video pipelines start part-way into the schedule and say so with set_begin_index.
         begin = getattr(self.scheduler, "begin_index", None) or 0
         return begin + self.count, self.num_steps
@@ -239,6 +278,7 @@ class _PatchedTransformer:
     transformer: torch.nn.Module
     family: Family
     grid: tuple[int, int, int] | None = None
+    prefix: int = 0  # tokens before the video in self-attention (Framepack's history latents)
     hook: Any = None
     swapped: list[tuple[torch.nn.Module, Any, Any, int]] = field(default_factory=list)  # module, original, ours, layer
 
@@ -333,7 +373,7 @@ def install(pipe_or_transformer: Any, controller: AttentionController, *, family
             f"{type(patched[0]).__name__} is already patched by vidsparse; call vidsparse.unpatch(...) first"
         )
     targets = _targets(transformers, family)
-    tracker = _SchedulerStepTracker(scheduler) if scheduler is not None else _TimestepTracker()
+    tracker = _SchedulerStepTracker(scheduler, pipe_or_transformer) if scheduler is not None else _TimestepTracker()
     _Installation(targets, tracker, controller).apply()
 
 
@@ -434,6 +474,7 @@ class _Installation:
     def _pre_hook(self, model: _PatchedTransformer, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         inputs = bind_forward_inputs(module, args, kwargs)
         model.grid = model.family.grid(module, inputs)
+        model.prefix = model.family.prefix_tokens(module, inputs)
         self.tracker.observe(inputs)
         step = self.tracker.current()[0]
         if step is not None and step == self._branch_step:
@@ -464,10 +505,12 @@ class _Installation:
                 f"dense attention", DenseFallbackWarning, stacklevel=2,
             )
 
-    def layout(self, grid: tuple[int, int, int], text_tokens: int, text_position: str | None) -> VideoLayout:
-        key = (grid, text_tokens, text_position)
+    def layout(self, family: Family, grid: tuple[int, int, int], prefix: int, text: int) -> VideoLayout:
+        """The layout of `prefix` tokens, the grid and `text` tokens placed where `family` puts text (cached)."""
+        key = (family.text_position if text else None, grid, prefix, text)
         if key not in self._layouts:
-            self._layouts[key] = VideoLayout(*grid, text_tokens=text_tokens, text_position=text_position or "suffix")
+            self._layouts[key] = VideoLayout(*grid, text_tokens=text, text_position=key[0] or "suffix",
+                                             prefix_tokens=prefix)
         return self._layouts[key]
 
     # -- per attention call (inside torch.ops.vidsparse.attention) ----------------------------------------------
@@ -500,7 +543,7 @@ class _Installation:
             return "the attention mask is not a boolean key-padding mask over a valid prefix"
         if padding.full:
             return layout, None
-        if layout.text_position != "suffix" or padding.min_length < layout.num_video_tokens:
+        if layout.text_position != "suffix" or padding.min_length < layout.seq_len - layout.text_tokens:
             return "the attention mask masks video tokens"
         return layout, padding
 
@@ -508,10 +551,11 @@ class _Installation:
         grid = model.grid
         if grid is None:
             return "the latent grid of this call is unknown"
-        text = seq_len - grid[0] * grid[1] * grid[2]
+        text = seq_len - model.prefix - grid[0] * grid[1] * grid[2]
         if text < 0 or (text > 0 and model.family.text_position is None):
-            return f"sequence length {seq_len} does not match the latent grid {grid}"
-        return self.layout(grid, text, model.family.text_position if text else None)
+            prefix = f" and {model.prefix} prefix tokens" if model.prefix else ""
+            return f"sequence length {seq_len} does not match the latent grid {grid}{prefix}"
+        return self.layout(model.family, grid, model.prefix, text)
 
     def _key_padding(self, mask: torch.Tensor, batch: int, seq_len: int) -> _KeyPadding | None:
         """The mask read once per forward: every layer gets the same mask object, and reading it syncs."""
@@ -554,8 +598,8 @@ class _Installation:
         family = self.model_of_layer[layer].family
         for length, rows in padding.groups:
             qg, kg, vg = q[rows], k[rows], v[rows]
-            text = length - layout.num_video_tokens
-            group_layout = self.layout(layout.grid, text, family.text_position if text else None)
+            text = length - (layout.seq_len - layout.text_tokens)
+            group_layout = self.layout(family, layout.grid, layout.prefix_tokens, text)
             group_out = torch.empty_like(qg[:, :, :length])
             self._run(layer, call, qg[:, :, :length], kg[:, :, :length], vg[:, :, :length], group_layout, group_out)
             out[rows, :, :length] = group_out

@@ -41,8 +41,6 @@ NOT_APPLICABLE: dict[str, str] = {
     "causal: neither is one self-attention over a token grid",
     "Kandinsky6SRTransformer3DModel": "its self-attention is already block-sparse (NABLA: a flex BlockMask over "
     "tokens reordered into 8x8 spatial blocks)",
-    "HunyuanVideoFramepackTransformer3DModel": "history latents at three scales come before the video and the text "
-    "after it: a layout with extra tokens on both sides, which VideoLayout cannot describe yet",
     "WanAnimate2Transformer3DModel": "its generation pass is already block-sparse (a flex BlockMask over "
     "[generation, reference] tokens)",
     "SanaWMTransformer3DModel": "its softmax layers are plain modules calling SDPA in their forward, not diffusers "

@@ -11,7 +11,9 @@ RoPE. The adapter only says
   `F.scaled_dot_product_attention` directly),
 - the latent grid `(frames, height, width)` of a transformer call, read from the forward's arguments
   (`grid`, patch sizes from the config),
-- where text tokens sit in the self-attention sequence (`text_position`: None when text lives in cross-attention).
+- where text tokens sit in the self-attention sequence (`text_position`: None when text lives in cross-attention),
+- how many tokens outside the grid come right before the video (`prefix_tokens`: 0 unless the model packs other
+  tokens there, as Framepack does its history latents); they are attended densely, like text.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ class Family(ABC):
 
         `inputs` are the forward's arguments by name (positional ones bound to their parameter names).
         """
+
+    def prefix_tokens(self, transformer: torch.nn.Module, inputs: dict[str, Any]) -> int:
+        """Tokens the model puts before the video in self-attention for this forward call (none by default)."""
+        return 0
 
     def num_heads(self, module: torch.nn.Module) -> int:
         return int(module.heads)

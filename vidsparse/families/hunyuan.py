@@ -1,5 +1,6 @@
-"""HunyuanVideo (T2V and the I2V / SkyReels variants built on the same transformer) and HunyuanVideo 1.5 (T2V, I2V):
-`HunyuanVideoTransformer3DModel`, `HunyuanVideo15Transformer3DModel`.
+"""HunyuanVideo (T2V and the I2V / SkyReels variants built on the same transformer), HunyuanVideo 1.5 (T2V, I2V) and
+Framepack: `HunyuanVideoTransformer3DModel`, `HunyuanVideo15Transformer3DModel`,
+`HunyuanVideoFramepackTransformer3DModel`.
 
 Self-attention is joint: video tokens then conditioning tokens in one sequence (text last), in the dual-stream
 `transformer_blocks[i].attn` and, in HunyuanVideo, the single-stream `single_transformer_blocks[i].attn`, layers
@@ -10,10 +11,20 @@ square mask valid(query) & valid(key) [B, 1, S, S]. The runtime trims each batch
 planning. The token refiners' attention (text only) is not touched. `HunyuanVideoAttnProcessor2_0` and
 `HunyuanVideo15AttnProcessor2_0` call `dispatch_attention_fn` after the norms and RoPE. The grid is the latent
 [B, C, F, H, W] divided by (patch_size_t, patch_size, patch_size).
+
+Framepack runs HunyuanVideo's blocks and processor on [history, video, image + text tokens]: before the video it packs
+the clean latents (the start image and the latest history frames, patchified like the video), then 2x- and 4x-
+downsampled older history (each padded to whole (2, 4, 4) / (4, 8, 8) patches first), packed 4x first. These
+history tokens are the layout's prefix, attended densely: they are several grids at other scales, with no place in
+the video's tile grid; every video query keeps all of them, and their own queries keep every key. Their count is
+read from the forward's `latents_clean` / `latents_history_2x` / `latents_history_4x` shapes (each packed only when
+its `indices_*` argument is given, as the model does). The SigLIP image tokens come first in the conditioning
+tokens, which stay last.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -24,7 +35,9 @@ from .base import Family, register_family, video_grid_from_5d
 @register_family
 class HunyuanVideo(Family):
     name = "hunyuan"
-    transformer_class_names = ("HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel")
+    transformer_class_names = (
+        "HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel", "HunyuanVideoFramepackTransformer3DModel",
+    )
     text_position = "suffix"
     kernel_global = "dispatch_attention_fn"
 
@@ -42,3 +55,20 @@ class HunyuanVideo(Family):
         config = transformer.config
         patch = (config.patch_size_t, config.patch_size, config.patch_size)
         return video_grid_from_5d(inputs["hidden_states"], patch)
+
+    def prefix_tokens(self, transformer: torch.nn.Module, inputs: dict[str, Any]) -> int:
+        total = 0
+        for latents, indices, kernel, padded in _FRAMEPACK_HISTORY:
+            x = inputs.get(latents)
+            if x is not None and inputs.get(indices) is not None:
+                total += math.prod((n + k - 1) // k if padded else n // k for n, k in zip(x.shape[2:], kernel))
+        return total
+
+
+#: Framepack's history inputs: (latents, the indices without which they are not packed, the patch embedding's kernel
+#: over (F, H, W) of the latent, whether the latent is padded to whole kernels first).
+_FRAMEPACK_HISTORY = (
+    ("latents_clean", "indices_latents_clean", (1, 2, 2), False),
+    ("latents_history_2x", "indices_latents_history_2x", (2, 4, 4), True),
+    ("latents_history_4x", "indices_latents_history_4x", (4, 8, 8), True),
+)

@@ -11,7 +11,8 @@ cached per (strategy, layout). Dynamic strategies read q and k ([B, H, S, D], mo
 look at pooled summaries) and return a plan with q's batch and heads.
 
 Text tokens are always dense: video queries keep every text key and text queries keep every key
-(`with_dense_text`).
+(`with_dense_text`). So are a layout's prefix tokens (tokens outside the grid before the video, such as Framepack's
+history latents): they share the dense blocks with the text, and "text" below means both.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def _cached_static_plan(strategy: Strategy, layout: VideoLayout) -> BlockPlan:
 
 
 def with_dense_text(video_mask: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
-    """Extend a video-block mask [..., Mv, Mv] to all blocks [..., M, M] with text rows and columns kept."""
+    """Extend a video-block mask [..., Mv, Mv] to all blocks [..., M, M] with the dense blocks' (text and prefix)
+    rows and columns kept."""
     mv, m = layout.num_video_blocks, layout.num_blocks
     full = torch.ones(*video_mask.shape[:-2], m, m, dtype=torch.bool, device=video_mask.device)
     full[..., :mv, :mv] = video_mask

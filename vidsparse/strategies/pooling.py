@@ -100,6 +100,6 @@ def density_with_text(layout: VideoLayout, video_key_fraction: float) -> float:
     Exact for a plan whose every video query keeps that fraction of video keys; used by the dynamic strategies'
     `estimate_density`, whose video fraction is a prior.
     """
-    nv, nt = layout.num_video_tokens, layout.text_tokens
+    nv, nt = layout.num_video_tokens, layout.num_dense_tokens
     kept = nv * (nv * min(1.0, max(0.0, video_key_fraction)) + nt) + nt * (nv + nt)
     return kept / float(layout.seq_len) ** 2

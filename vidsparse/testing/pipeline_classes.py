@@ -239,6 +239,31 @@ def _hunyuan_i2v(class_name: str) -> tuple[Any, dict[str, Any]]:
     return _diffusers(class_name)(**components), call
 
 
+@_builder("HunyuanVideoFramepackPipeline")
+def _hunyuan_framepack(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """HunyuanVideoPipeline's components with Framepack's transformer (history patch embeddings, SigLIP image
+    projection) and a tiny SigLIP image encoder (32 px, 16 image tokens). One section of a 2-latent-frame window:
+    5 frames at 256 px -> grid 2 x 16 x 16, after 640 history tokens (clean 2 x 16 x 16, 2x 1 x 8 x 8, 4x 4 x 4 x 4)."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    from .pipelines import TINY_CALL
+
+    base = tiny_pipeline("hunyuan")
+    components = {name: base.components[name] for name in (
+        "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae", "scheduler")}
+    config = _config(base.transformer)
+    config.update(image_proj_dim=16, has_image_proj=True, has_clean_x_embedder=True)
+    components["transformer"] = _diffusers("HunyuanVideoFramepackTransformer3DModel")(**config).eval()
+    components["image_encoder"] = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+    )).eval()
+    components["feature_extractor"] = SiglipImageProcessor(size={"height": 32, "width": 32})
+    call = dict(image=_frames(1, 256)[0], prompt="a red fox", negative_prompt="blurry", true_cfg_scale=2.0,
+                height=256, width=256, num_frames=5, latent_window_size=2, num_inference_steps=2,
+                prompt_template=TINY_CALL["hunyuan"]["prompt_template"], max_sequence_length=40)
+    return _diffusers(class_name)(**components), call
+
+
 # ----- LTX-2 ----------------------------------------------------------------------------------------------------
 _LTX2_CAPTION, _LTX2_TEXT_LAYERS = 32, 2
 
