@@ -46,12 +46,14 @@ def make_dict(layers: int = 3, heads: int = 4, buckets: int = 2) -> dict:
                 {"layer": layer, "heads": [
                     {"strategy": name, "params": copy.deepcopy(params), "error": rng.random() * 0.1,
                      "error_se": rng.choice([None, rng.random() * 0.01]), "error_max": rng.random() * 0.2,
-                     "recall": rng.random(), "density": rng.random()}
+                     "error_bound": rng.choice([None, rng.random() * 0.2]), "recall": rng.random(),
+                     "density": rng.random()}
                     for name, params in (rng.choice(CHOICES) for _ in range(heads))
                 ]} for layer in range(layers)
             ]} for b in range(len(edges) - 1)
         ],
-        "summary": {"mean_density": 0.5, "predicted_speedup": 1.7, "predicted_error": 0.03, "latent_error": 0.08},
+        "summary": {"mean_density": 0.5, "predicted_speedup": 1.7, "predicted_error": 0.03, "latent_error": 0.08,
+                    "latent_error_bound": 0.1},
     }
 
 
@@ -93,6 +95,8 @@ BROKEN = {
     "margin": (lambda d: d["calibration"]["selection"].update(margin=-1), "calibration.selection.margin"),
     "error_se": (lambda d: _head(d).update(error_se="small"), "buckets[1].layers[2].heads[3].error_se"),
     "latent_error": (lambda d: d["summary"].update(latent_error=-0.1), "summary.latent_error"),
+    "error_bound": (lambda d: _head(d).update(error_bound=float("nan")), "buckets[1].layers[2].heads[3].error_bound"),
+    "latent_error_bound": (lambda d: d["summary"].update(latent_error_bound="0.1"), "summary.latent_error_bound"),
     "tile volume": (lambda d: d["calibration"].update(tile=[1, 8, 12]), "calibration.tile"),
     "tile missing": (lambda d: d["calibration"].pop("tile"), "calibration.tile"),
     "missing model": (lambda d: d.pop("model"), "model"),
@@ -241,14 +245,14 @@ def test_version_2_files_load_with_the_new_fields_unknown():
     and the selection as version 2's profiler made it (mean error, no margin); a version 3 file may omit them."""
     data = make_dict(layers=2, heads=2, buckets=1)
     for head in data["buckets"][0]["layers"][1]["heads"]:
-        del head["error_se"], head["error_max"]
-    del data["calibration"]["selection"], data["summary"]["latent_error"]
+        del head["error_se"], head["error_max"], head["error_bound"]
+    del data["calibration"]["selection"], data["summary"]["latent_error"], data["summary"]["latent_error_bound"]
     for version in ("vidsparse.profile/2", FORMAT):
         profile = Profile.from_dict({**data, "format": version})
         assert profile.calibration.selection == {"statistic": "mean", "margin": 0.0}
-        assert profile.summary.latent_error is None
+        assert profile.summary.latent_error is None and profile.summary.latent_error_bound is None
         head = profile.buckets[0].heads[1][0]
-        assert head.error_se is None and head.error_max is None
+        assert head.error_se is None and head.error_max is None and head.error_bound is None
         assert head.error == data["buckets"][0]["layers"][1]["heads"][0]["error"]
         saved = profile.to_dict()
         assert saved["format"] == FORMAT and saved["buckets"][0]["layers"][1]["heads"][0]["error_se"] is None

@@ -66,6 +66,9 @@ def test_score_table_means():
     # Standard error of the mean of the prompt means {0.2, 0.4}: sample std 0.1414 / sqrt(2) = 0.1; largest 0.4.
     torch.testing.assert_close(means["error_se"], torch.full((2, 2), 0.1, dtype=torch.float64))
     torch.testing.assert_close(means["error_max"], torch.full((2, 2), 0.4, dtype=torch.float64))
+    # One new prompt's error moves by the prompts' own spread, plus the mean's: 0.1414 x sqrt(1 + 1/2).
+    torch.testing.assert_close(means["error_spread"], torch.full((2, 2), 0.02 ** 0.5 * 1.5 ** 0.5,
+                                                                 dtype=torch.float64))
     assert table.mean(0, 3) is None
     single = ScoreTable([get("dense")], num_heads=1)
     one = torch.full((1, 1), 0.2, dtype=torch.float64)
@@ -73,6 +76,28 @@ def test_score_table_means():
         single.add(0, 0, CallScores(one, one, one, one, torch.zeros(1)))
     single.end_prompt()
     assert torch.isnan(single.mean(0, 0)["error_se"]).all()  # one prompt: no spread over prompts to estimate
+    assert torch.isnan(single.mean(0, 0)["error_spread"]).all()
+
+
+def test_spread_and_bound_match_the_statistics_module():
+    """Per-prompt mean errors of five prompts: the table's spread and `prediction_bound` are the textbook upper
+    prediction bound for one new sample, mean + margin x stdev x sqrt(1 + 1/n)."""
+    import statistics
+
+    from vidsparse.profiler.calibrate import prediction_bound
+    from vidsparse.profiler.scoring import CallScores
+
+    prompt_means = [0.05, 0.11, 0.07, 0.16, 0.08]
+    table = ScoreTable([get("dense")], num_heads=1)
+    for mean in prompt_means:
+        for offset in (-0.01, 0.01):  # two calls per prompt around the prompt's mean
+            e = torch.full((1, 1), mean + offset, dtype=torch.float64)
+            table.add(0, 0, CallScores(e, e, e, e, torch.zeros(1)))
+        table.end_prompt()
+    expected = statistics.stdev(prompt_means) * (1 + 1 / 5) ** 0.5
+    assert float(table.mean(0, 0)["error_spread"]) == pytest.approx(expected, rel=1e-9)
+    assert prediction_bound(prompt_means, 2.0) == pytest.approx(statistics.mean(prompt_means) + 2 * expected)
+    assert prediction_bound([0.1], 2.0) is None
 
 
 @pytest.mark.parametrize("grid,text_tokens,count", [((4, 8, 16), 0, 50), ((5, 12, 20), 40, 100), ((3, 9, 17), 0, 1)])
@@ -113,6 +138,16 @@ def test_selection_margin_and_tail_statistic():
     assert pick(Selection("max")) == 1  # largest errors 0.045 vs 0.07
     target = select_for_speedup(candidates, [layer], cost, target_ms=12.0, fixed_ms=0.0, selection=Selection())
     assert int(target[0][0]) == 2  # both fit the time; 0.034 < 0.06 budgeted error
+    # The prediction bound for a new prompt: the candidate whose error moves little between prompts wins.
+    spread = torch.tensor([[0.0], [0.004], [0.02]], dtype=torch.float64)
+    steady = LayerScores(0, 0, 1.0, error, 1 - error, blocks / 36, blocks, torch.zeros(3, dtype=torch.float64),
+                         se, worst, spread)
+    assert pick(Selection("prediction", 2.0)) == 1  # no spread known: the largest call errors decide, as for max
+    predict = lambda margin: int(select_within_budget(candidates, [steady], cost, 0.05,  # noqa: E731
+                                                      Selection("prediction", margin))[0][0])
+    assert predict(2.0) == 1  # 0.04 + 2 x 0.004 = 0.048 fits; 0.03 + 2 x 0.02 = 0.07 does not
+    assert predict(3.0) == 0  # 0.052 and 0.09: only dense is within the budget
+    torch.testing.assert_close(steady.bound(2.0), error + 2 * spread)
     for bad in (dict(statistic="p99"), dict(margin=-1.0)):
         with pytest.raises(ValueError):
             Selection(**bad)
@@ -219,3 +254,23 @@ def test_sampled_steps_and_buckets():
     # More buckets than sampled steps: buckets without a sample are merged away.
     edges = bucket_edges(10, 2, [5], 3)
     assert edges == [0.0, 1.0]
+
+
+def test_dense_generation_units_by_hand():
+    """Two dense runs, one sparse at 2x attention speed-up with attention 70% of a run, and 10 scored calls of a
+    100-call generation, each scoring 1% of a dense call's work in float64 at 15x plus one blockified search."""
+    from vidsparse.profiler.accounting import ProfilingWork, dense_generation_units
+
+    work = ProfilingWork(dense_generations=2, sparse_generations=1, calls_per_generation=100)
+    for _ in range(10):
+        work.add_scored_call(1, 2, 1000, 64, rows=10, masks=0, key_blocks=8, dynamic=["blockified", "draft"])
+    assert work.scored_calls == 10 and work.scored_rows == 100 and work.plans == {"blockified": 10, "draft": 10}
+    assert work.scoring_flops == pytest.approx(10 * 0.01 * work.dense_call_flops)
+    units = dense_generation_units(work, attention_share=0.7, speedup=2.0, fp64_slowdown=15.0)
+    assert units["dense"] == 2 and units["sparse"] == pytest.approx(0.3 + 0.35)
+    assert units["scoring"] == pytest.approx(0.7 * (10 * 0.01 * 15 + 10) / 100)
+    assert units["total"] == pytest.approx(units["dense"] + units["sparse"] + units["scoring"])
+    for bad, message in ((dict(attention_share=0.0), "attention_share"), (dict(speedup=0.0), "speedup"),
+                         (dict(fp64_slowdown=-1.0), "fp64_slowdown")):
+        with pytest.raises(ValueError, match=message):
+            dense_generation_units(work, **{**dict(attention_share=0.7, speedup=2.0, fp64_slowdown=15.0), **bad})

@@ -9,6 +9,7 @@ import torch
 
 from vidsparse import patch, unpatch
 from vidsparse.cli import main
+from vidsparse.layout import VideoLayout
 from vidsparse.profile import Profile
 from vidsparse.profiler import measure_achieved_error, profile_pipeline
 from vidsparse.runtime import inspect_model
@@ -44,11 +45,16 @@ def test_profile_describes_the_model_and_run(pipe, profiled):
     assert set(profile.timings) == {"calibration_s", "cost_model_s", "refine_s", "selection_s", "verify_s", "total_s"}
     assert profile.calibration.selection == {"statistic": "mean", "margin": 2.0}
     assert profile.summary.latent_error is not None and 0.0 < profile.summary.latent_error < 1.0
+    if profile.work["sparse_generations"] == len(CALIBRATION):  # the refinement ran the final choice: 3 latents
+        assert profile.summary.latent_error_bound > profile.summary.latent_error * 0.5
     sparse = [c for b in profile.buckets for c in b.heads[1] if c.strategy.name != "dense"]
     assert sparse, "the loose budget should make some head of layer 1 sparse"
     # Held within the budget with the safety margin: mean + 2 standard errors (over the three prompts).
-    assert all(c.error + 2 * c.error_se <= BUDGET + 1e-4 and c.error <= c.error_max
-               for b in profile.buckets for layer in b.heads for c in layer if c.strategy.name != "dense")
+    sparse_heads = [c for b in profile.buckets for layer in b.heads for c in layer if c.strategy.name != "dense"]
+    assert all(c.error + 2 * c.error_se <= BUDGET + 1e-4 and c.error <= c.error_max for c in sparse_heads)
+    # The stated bound for a new prompt: mean + 2 spreads, the spread sqrt(prompts + 1) x the standard error.
+    assert all(c.error_bound == pytest.approx(c.error + 2 * c.error_se * (len(CALIBRATION) + 1) ** 0.5, rel=1e-3)
+               for c in sparse_heads)
     assert profile.summary.predicted_speedup > 1.0 and profile.summary.mean_density < 1.0
 
 
@@ -89,12 +95,46 @@ def test_achieved_error_on_held_out_prompts(pipe, profiled):
         choice = profile.buckets[h["bucket"]].heads[h["layer"]][h["head"]]
         assert (h["predicted"], h["predicted_se"]) == (choice.error, choice.error_se)
         assert h["ratio"] == pytest.approx(h["achieved"] / h["predicted"])
-    within = sum(h["achieved"] <= 1.2 * h["predicted"] for h in result["heads"]) / len(result["heads"])
-    assert result["within"] == within and result["tolerance"] == 1.2
+        assert h["stated"] == choice.error_bound and h["bound_ratio"] == pytest.approx(h["achieved"] / h["stated"])
+        assert len(h["achieved_per_prompt"]) == 2
+        assert h["achieved"] == pytest.approx(sum(h["achieved_per_prompt"]) / 2, rel=0.2)  # equal calls per prompt
+    heads = result["heads"]
+    assert result["within"] == sum(h["achieved"] <= 1.2 * h["stated"] for h in heads) / len(heads)
+    assert result["within_mean"] == sum(h["achieved"] <= 1.2 * h["predicted"] for h in heads) / len(heads)
+    assert result["within_per_generation"] == sum(e <= 1.2 * h["stated"] for h in heads
+                                                  for e in h["achieved_per_prompt"]) / (2 * len(heads))
+    assert result["tolerance"] == 1.2
     predicted, achieved = result["predicted_error"], result["achieved_error"]
     assert achieved <= 1.3 * predicted, result
     assert len(result["latent_errors"]) == 2 and result["stated_latent_error"] == profile.summary.latent_error
     assert all(0.0 < e < 1.0 for e in result["latent_errors"]), result
+
+
+def test_work_counts_match_the_prediction(pipe, profiled):
+    """The profiler's own accounting: what it counted scoring equals what `predict_work` says for this model and
+    settings without running it (the basis of the Wan-sized cost statement)."""
+    from vidsparse.profiler.accounting import ProfilingWork, dense_generation_units, predict_work
+    from vidsparse.profiler.candidates import default_candidates
+
+    profile, _ = profiled
+    work = ProfilingWork(**profile.work)
+    info = inspect_model(pipe)
+    layout = VideoLayout(*profile.calibration.grid)
+    predicted = predict_work(layout, default_candidates(layout), layers=info.num_layers, heads=info.num_heads,
+                             head_dim=info.head_dim, steps=GEOMETRY["steps"],
+                             sampled=len(profile.calibration.sampled_steps),
+                             prompts=3, refine=3, verify_runs=work.sparse_generations - 3, dense_layers=1, rows=256)
+    for name in ("dense_generations", "sparse_generations", "calls_per_generation", "scored_calls", "scored_rows",
+                 "dense_plans", "plans", "dense_call_flops"):
+        assert getattr(work, name) == getattr(predicted, name), name
+    # 2 sampled steps x 2 guidance calls x the scored layers (all but the first) x (3 dense + 3 refined runs)
+    assert work.scored_calls == 2 * 2 * (info.num_layers - 1) * 6
+    assert work.calls_per_generation == GEOMETRY["steps"] * 2 * info.num_layers
+    assert 0 < work.scoring_flops <= predicted.scoring_flops  # masks shared by candidates are scored once
+    units = dense_generation_units(work, attention_share=1.0, speedup=2.0, fp64_slowdown=1.0)
+    assert units["dense"] == 3 and units["sparse"] == pytest.approx(work.sparse_generations / 2)
+    assert units["scoring"] == pytest.approx(
+        (work.scoring_flops / work.dense_call_flops + work.dense_plans) / work.calls_per_generation)
 
 
 def test_save_qkv_keeps_chosen_layers(profiled):
@@ -133,7 +173,7 @@ def test_cli_profile_and_inspect(tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert "predicted attention speed-up" in printed and "time: calibration" in printed
-    assert "check on 1 held-out prompt(s)" in printed and "achieved <= 1.2 x predicted" in printed
+    assert "check on 1 held-out prompt(s)" in printed and "achieved <= 1.2 x the stated prediction" in printed
     result = json.loads(check.read_text())
     assert len(result["latent_errors"]) == 1 and result["profiling_dense_generations"] > 0
     profile = Profile.load(out)

@@ -13,7 +13,7 @@ Format "vidsparse.profile/3":
       "model":       {"family", "name", "revision", "num_layers", "num_heads", "head_dim"},
       "calibration": {"prompts", "steps", "frames", "height", "width", "grid": [F, H, W], "tile": [tf, th, tw],
                       "seed", "sampled_steps": [...], "rows", "objective": {"error": 0.05} | {"target_speedup": 3.0},
-                      "selection": {"statistic": "mean" | "max", "margin": 2.0}, "seconds"},
+                      "selection": {"statistic": "mean" | "max" | "prediction", "margin": 2.0}, "seconds"},
       "schedule":    {"dense_warmup_steps": 0.2 (fraction) | 3 (count), "dense_layers": [0]},
       "hardware":    {"cost": "measured" | "ideal", "device", "backend", "dtype", "tokens", "heads", "head_dim", "block_size",
                       "dense_ms", "fixed_ms", "ms_per_block", "points": [[blocks, ms], ...],
@@ -21,16 +21,23 @@ Format "vidsparse.profile/3":
       "buckets": [   {"start": 0.0, "stop": 0.6,              # fraction of the denoising steps, [start, stop)
                       "layers": [{"layer": 0, "heads": [{"strategy": "diagonal", "params": {...},
                                                          "error": 0.01, "error_se": 0.0004, "error_max": 0.013,
-                                                         "recall": 0.98, "density": 0.3}, ...]}]}],
-      "summary":     {"mean_density", "predicted_speedup", "predicted_error", "latent_error"}
+                                                         "error_bound": 0.016, "recall": 0.98, "density": 0.3},
+                                                        ...]}]}],
+      "summary":     {"mean_density", "predicted_speedup", "predicted_error", "latent_error", "latent_error_bound"}
     }
 
 Per head, `error` is the mean relative L2 error of the head's output over the scored calls (the prediction, and
 what `vidsparse.guard` budgets), `error_se` the standard error of that mean (over the calls; null when unknown:
-one call, or a dense head), `error_max` the largest error of one scored call. `calibration.selection` says which
-error the selection held within the objective: mean + margin x error_se ("mean") or error_max ("max").
-`summary.latent_error` is the relative L2 error of the final latents the profile states for unseen prompts (null
-when not measured; see `vidsparse.profiler.validate`).
+one call, or a dense head), `error_max` the largest error of one scored call, `error_bound` the upper prediction
+bound for the head's mean error in one new generation (another prompt or seed): mean + margin x the spread of the
+per-prompt mean errors x sqrt(1 + 1 / prompts) (null when unknown: one prompt). This bound, not the mean, is what a
+head should be expected to stay under on prompts the profile never saw: the error of one generation moves around
+the mean by the spread between generations, which the standard error of the mean understates by sqrt(prompts).
+`calibration.selection` says which error the selection held within the objective: mean + margin x error_se
+("mean"), error_max ("max") or error_bound ("prediction").
+`summary.latent_error` is the largest relative L2 error of the final latents of the calibration runs made with the
+final profile, and `summary.latent_error_bound` the upper prediction bound for one new generation over those runs
+(same rule; null with fewer than two runs); see `vidsparse.profiler.validate`.
 
 Densities are what the kernel computes (`BlockPlan.density`: slot pairs, padding included, over real token pairs).
 Buckets cover the step fractions [0, 1) in order; step s of a run of N steps uses the bucket holding s / N, so
@@ -48,9 +55,9 @@ grid keeps nothing there (with a warning). A profile whose tile is not the runti
 versions) is applied with its tile-unit parameters converted to the runtime's tile, rounded to whole tiles
 (`Strategy.retiled`): the same latent extent within one tile. `Profile.note_grid` logs which case applies.
 
-Version 2 files ("vidsparse.profile/2") load with the version 3 fields unknown: error_se, error_max and
-latent_error null, selection {"statistic": "mean", "margin": 0} (what version 2's profiler did). In a version 3
-file these fields may also be left out, with the same meaning.
+Version 2 files ("vidsparse.profile/2") load with the version 3 fields unknown: error_se, error_max, error_bound,
+latent_error and latent_error_bound null, selection {"statistic": "mean", "margin": 0} (what version 2's profiler
+did). In a version 3 file these fields may also be left out, with the same meaning.
 Version 1 files ("vidsparse.profile/1") load with two rules: their tile is the one vidsparse then chose for the
 calibration grid (the least-padding of seven 128-token tiles, `_V1_TILES`), and a multi-diagonal whose
 `temporal` reaches the last calibration frame (how version 1 spelled "all frames") becomes temporal="all". Their
@@ -164,6 +171,7 @@ class HeadChoice:
     density: float
     error_se: float | None = None
     error_max: float | None = None
+    error_bound: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,7 @@ class Summary:
     predicted_speedup: float
     predicted_error: float
     latent_error: float | None = None
+    latent_error_bound: float | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,8 @@ class Profile:
     summary: Summary
     #: Wall seconds of the profiling phases when made by the profiler (not saved).
     timings: dict = field(default_factory=dict, repr=False, compare=False)
+    #: The profiler's work, counted (`vidsparse.profiler.accounting.ProfilingWork` as a dict; not saved).
+    work: dict = field(default_factory=dict, repr=False, compare=False)
     _policy_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -344,7 +355,8 @@ class ProfilePolicy:
 # ----- validation ----------------------------------------------------------------------------------------------
 def _choice_dict(choice: HeadChoice) -> dict[str, Any]:
     return {"strategy": choice.strategy.name, "params": choice.strategy.params(), "error": choice.error,
-            "error_se": choice.error_se, "error_max": choice.error_max, "recall": choice.recall,
+            "error_se": choice.error_se, "error_max": choice.error_max, "error_bound": choice.error_bound,
+            "recall": choice.recall,
             "density": choice.density}
 
 
@@ -418,13 +430,15 @@ def _validate_profile_dict(data: Any) -> Profile:
     hardware = _hardware(top["hardware"])
     buckets = _buckets(top["buckets"], model)
     s = _mapping(top["summary"], "summary", ("mean_density", "predicted_speedup", "predicted_error"),
-                 ("latent_error",))
+                 ("latent_error", "latent_error_bound"))
     summary = Summary(_number(s, "mean_density", "summary", 0.0, 1.0),
                       _number(s, "predicted_speedup", "summary"), _number(s, "predicted_error", "summary"),
-                      _optional_number(s, "latent_error", "summary"))
+                      _optional_number(s, "latent_error", "summary"),
+                      _optional_number(s, "latent_error_bound", "summary"))
     profile = object.__new__(Profile)  # fields already checked: skip __post_init__'s re-validation
     for name, value in (("model", model), ("calibration", calibration), ("schedule", schedule),
                         ("hardware", hardware), ("buckets", buckets), ("summary", summary), ("timings", {}),
+                        ("work", {}),
                         ("_policy_cache", {})):
         object.__setattr__(profile, name, value)
     return profile
@@ -468,8 +482,8 @@ def _selection(data: Any, where: str) -> dict[str, Any]:
     if data is None:
         return dict(UNSTATED_SELECTION)
     s = _mapping(data, where, ("statistic", "margin"))
-    if s["statistic"] not in ("mean", "max"):
-        raise _fail(f"{where}.statistic", f'must be "mean" or "max", got {s["statistic"]!r}')
+    if s["statistic"] not in ("mean", "max", "prediction"):
+        raise _fail(f"{where}.statistic", f'must be "mean", "max" or "prediction", got {s["statistic"]!r}')
     return {"statistic": s["statistic"], "margin": _number(s, "margin", where)}
 
 
@@ -581,7 +595,8 @@ def _layer(data: Any, where: str, index: int, model: ModelSpec, strategies: dict
     choices = []
     for h, raw in enumerate(heads):
         w = f"{where}.heads[{h}]"
-        c = _mapping(raw, w, ("strategy", "params", "error", "recall", "density"), ("error_se", "error_max"))
+        c = _mapping(raw, w, ("strategy", "params", "error", "recall", "density"),
+                     ("error_se", "error_max", "error_bound"))
         name, params = _str(c, "strategy", w), c["params"]
         if not isinstance(params, Mapping):
             raise _fail(f"{w}.params", f"must be an object, got {params!r}")
@@ -597,5 +612,5 @@ def _layer(data: Any, where: str, index: int, model: ModelSpec, strategies: dict
                 raise _fail(f"{w}.params", str(error)) from None
         choices.append(HeadChoice(strategies[key], _number(c, "error", w), _number(c, "recall", w, 0.0, 1.0 + 1e-9),
                                   _number(c, "density", w, 0.0, 1.0), _optional_number(c, "error_se", w),
-                                  _optional_number(c, "error_max", w)))
+                                  _optional_number(c, "error_max", w), _optional_number(c, "error_bound", w)))
     return tuple(choices)

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from ..layout import VideoLayout
 from ..profile import Bucket, Calibration, Hardware, HeadChoice, ModelSpec, Profile, Schedule, Summary
 from ..runtime import AttentionCall, inspect_model, install, uninstall
 from ..strategies import Strategy
+from .accounting import ProfilingWork
 from .candidates import default_candidates
 from .cost import backend_name, ideal_cost_model, measure_cost_model
 from .distributed import all_reduce_score_table, split_prompts
@@ -111,12 +113,15 @@ class CalibrationController:
         self.head_dim, self.dtype, self.device = 0, torch.float32, torch.device("cpu")
         self.on_step, self.last_step = on_step, None
         self.calls = 0
+        self.work = ProfilingWork()  # what the scoring did, counted (`accounting`)
+        self.attention_calls = 0
         # None: the generation is the dense one. A controller (a chosen profile's SparseController): the pipeline
         # runs its outputs, so candidates are scored on the activations that profile's generation produces.
         self.inner = inner
 
     def __call__(self, call: AttentionCall) -> torch.Tensor:
         out = call.dense() if self.inner is None else self.inner(call)
+        self.attention_calls += 1
         if call.step != self.last_step:
             self.last_step = call.step
             if self.on_step is not None:
@@ -134,6 +139,9 @@ class CalibrationController:
             scores = score_call(self.candidates, call.q, call.k, call.v, call.layout, rows=rows, scale=call.scale,
                                 layer=call.layer)
             self.table.add(_bucket_index(self.edges, call.step, self.steps), call.layer, scores)
+            b, h, s, d = call.q.shape
+            self.work.add_scored_call(b, h, s, d, rows.numel(), scores.masks, call.layout.num_blocks,
+                                      [c.name for c in self.candidates if c.is_dynamic])
             if call.layer in self.save_layers:
                 prefix = f"step{call.step}.layer{call.layer}.call{self.calls}"
                 for name in ("q", "k", "v"):
@@ -196,16 +204,20 @@ def profile_pipeline(
         rows: query rows sampled per call for the error and recall, stratified by query block (at least one per
             block, so the count can be higher; `scoring.sample_rows`).
         statistic: the error held within the budget (or minimized for a speed target): "mean" (the mean over
-            scored calls plus `margin` standard errors) or "max" (the largest error of a scored call).
-        margin: standard errors added to the mean error for statistic "mean" (a safety margin against choosing
-            the candidates whose error happened to be under-estimated).
+            scored calls plus `margin` standard errors), "max" (the largest error of a scored call) or "prediction"
+            (the upper prediction bound for one new generation: the mean plus `margin` times the spread of the
+            per-prompt means x sqrt(1 + 1 / prompts); what holds on prompts the calibration never saw).
+        margin: standard errors (statistic "mean") or spreads (the heads' stated `error_bound`, statistic
+            "prediction", the latent error bound) added to the mean error.
         refine: calibration prompts (default: all) re-run with the profile chosen on the dense runs, scoring every
             candidate again on the activations of that sparse generation; the final choice and its predicted errors
             come from these scores (later layers and steps of a sparse generation see inputs that already carry the
             error of earlier ones, and their errors are larger than on the dense trajectory). 0: dense scores only.
-        verify: calibration prompts re-run with the chosen profile (one sparse generation each, same seed) to
-            measure the final latents' relative error against their dense run; the largest is the profile's
-            `summary.latent_error`. 0: not measured (null).
+        verify: calibration prompts run with the final profile (one sparse generation each, same seed) to
+            measure the final latents' relative error against their dense run; the refinement's runs count when
+            they already ran the final choice. The largest is the profile's `summary.latent_error`, and with two
+            runs or more their upper prediction bound (mean + margin x spread, `prediction_bound`) is
+            `summary.latent_error_bound`. 0: no extra run.
         families: strategy families to consider (default: all registered).
         backend: attention backend the cost model times ("auto" = what `vidsparse.patch` uses).
         cost_model: "measured" (this device's kernel timings) or "ideal" (cost proportional to computed blocks at
@@ -293,8 +305,10 @@ def profile_pipeline(
     planning = _planning_ms(candidates, table)
     cost_s = time.perf_counter() - cost_started
 
-    def select(table: ScoreTable) -> Profile:
-        """Choose from the scores of every (bucket, layer) of `table` and build the profile."""
+    def select(table: ScoreTable, spread_from: ScoreTable | None = None) -> Profile:
+        """Choose from the scores of every (bucket, layer) of `table` and build the profile. With `spread_from`,
+        a table of more prompts, the spread between prompts (and the standard error) comes from it where `table`
+        has a single prompt (a refinement on one prompt knows its means but not how they move between prompts)."""
         weights = _bucket_weights(edges, steps, warm)
         scored = []
         for b in range(len(edges) - 1):
@@ -302,6 +316,9 @@ def profile_pipeline(
                 means = table.mean(b, layer)
                 if means is None:
                     raise RuntimeError(f"no call of layer {layer} was scored in step bucket {b}")
+                if spread_from is not None and bool(torch.isnan(means["error_spread"]).all()):
+                    other = spread_from.mean(b, layer)
+                    means.update(error_spread=other["error_spread"], error_se=other["error_se"])
                 scored.append(LayerScores(b, layer, weights[b], **means))
         dense_total = steps * info.num_layers * cost.dense_ms
         fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
@@ -312,7 +329,7 @@ def profile_pipeline(
             choices = select_within_budget(candidates, scored, cost, budget, selection)  # type: ignore[arg-type]
         predicted = fixed + sum(s.weight * layer_ms(candidates, c, s, cost) for s, c in zip(scored, choices))
 
-        per_bucket = _choices(candidates, scored, choices, len(edges) - 1, info.num_layers, info.num_heads)
+        per_bucket = _choices(candidates, scored, choices, len(edges) - 1, info.num_layers, info.num_heads, margin)
         always_dense = [layer for layer in table_layers if all(
             all(c.strategy.name == "dense" for c in per_bucket[b][layer]) for b in range(len(edges) - 1))]
         dense_density = _mean_density(per_bucket, weights, steps, info.num_layers, info.num_heads)
@@ -340,6 +357,9 @@ def profile_pipeline(
         )
 
     profile = select(table)
+    work = controller.work
+    work.dense_generations = len(mine)
+    work.calls_per_generation = controller.attention_calls // max(len(mine), 1)
     refine_started = time.perf_counter()
     if refine:
         try:
@@ -347,8 +367,10 @@ def profile_pipeline(
         finally:
             if bar is not None:
                 bar.close()
+        work.merge(refined.work)
+        work.sparse_generations += refine
         chosen = _strategies(profile)
-        profile = select(refined.table)
+        profile = select(refined.table, spread_from=table)
         if _strategies(profile) == chosen:  # the same choice: those runs were the verification
             verified = [_relative_error(sparse, dense) for sparse, dense in zip(sparse_latents, dense_latents)]
         else:
@@ -358,19 +380,35 @@ def profile_pipeline(
     refine_s = time.perf_counter() - refine_started
     selection_s = time.perf_counter() - started - calibration_s - cost_s - refine_s
     verify_started = time.perf_counter()
-    if verify:
+    if verify or verified:
         from .validate import sparse_latent_error  # validate imports this module
 
-        verified = verified[:verify] + [
+        # The refinement's runs (when they ran the final choice) are kept, all of them: they cost nothing more.
+        extra = list(zip(mine, dense_latents))[len(verified):verify]
+        verified = verified + [
             sparse_latent_error(pipe, SparseController(profile.policy(), backend), dense, prompt, height, width,
-                                frames, steps, seed + index, call_kwargs)
-            for (index, prompt), dense in list(zip(mine, dense_latents))[len(verified):verify]]
-        profile = dataclasses.replace(profile, summary=dataclasses.replace(profile.summary,
-                                                                           latent_error=_round(max(verified))))
+                                frames, steps, seed + index, call_kwargs) for (index, prompt), dense in extra]
+        work.sparse_generations += len(extra)
+        bound = prediction_bound(verified, margin)
+        profile = dataclasses.replace(profile, summary=dataclasses.replace(
+            profile.summary, latent_error=_round(max(verified)),
+            latent_error_bound=None if bound is None else _round(bound)))
+    profile.work.update(dataclasses.asdict(work))
     profile.timings.update(calibration_s=calibration_s, cost_model_s=cost_s, refine_s=refine_s,
                            selection_s=selection_s, verify_s=time.perf_counter() - verify_started,
                            total_s=time.perf_counter() - started)
     return profile
+
+
+def prediction_bound(values: Sequence[float], margin: float) -> float | None:
+    """Upper prediction bound for one new sample: mean + margin x sample standard deviation x sqrt(1 + 1 / n)
+    (the rule of the heads' `error_bound`, `ScoreTable.mean`); None with fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean + margin * math.sqrt(variance * (1 + 1 / n))
 
 
 def _strategies(profile: Profile) -> list[Strategy]:
@@ -426,18 +464,21 @@ def _bucket_weights(edges: Sequence[float], steps: int, warmup: int) -> list[flo
     return counts
 
 
-def _choices(candidates, scored, choices, num_buckets, num_layers, num_heads) -> list[tuple[tuple[HeadChoice, ...], ...]]:
+def _choices(candidates, scored, choices, num_buckets, num_layers, num_heads,
+             margin: float) -> list[tuple[tuple[HeadChoice, ...], ...]]:
     dense = next(c for c in candidates if c.name == "dense")
     dense_heads = tuple(HeadChoice(dense, 0.0, 1.0, 1.0) for _ in range(num_heads))
     grid = [[dense_heads for _ in range(num_layers)] for _ in range(num_buckets)]
     for scores, choice in zip(scored, choices):
+        bound = scores.bound(margin)
         heads = []
         for head, index in enumerate(choice.tolist()):
             strategy = candidates[index].at_layer(scores.layer)
             heads.append(HeadChoice(strategy, _round(scores.error[index, head]), min(_round(scores.recall[index, head]), 1.0),
                                     min(_round(scores.density[index, head]), 1.0),
                                     _optional_round(scores.error_se[index, head]),
-                                    _round(scores.error_max[index, head])))
+                                    _round(scores.error_max[index, head]),
+                                    _optional_round(bound[index, head])))
         grid[scores.bucket][scores.layer] = tuple(heads)
     return [tuple(layers) for layers in grid]
 
@@ -447,7 +488,7 @@ def _round(value: torch.Tensor | float) -> float:
 
 
 def _optional_round(value: torch.Tensor) -> float | None:
-    """None for NaN (a standard error from a single call is unknown)."""
+    """None for NaN (a standard error or spread from a single prompt is unknown)."""
     return None if torch.isnan(value) else _round(value)
 
 

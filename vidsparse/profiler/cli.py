@@ -54,11 +54,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--buckets", type=int, default=2, help="step buckets with their own choices (default 2)")
     p.add_argument("--rows", type=int, default=256,
                    help="query rows sampled per call, stratified: at least one per query block (default 256)")
-    p.add_argument("--statistic", choices=("mean", "max"), default="mean",
-                   help="error held within the budget: mean + --margin standard errors (default), or the largest "
-                        "error of a scored call")
+    p.add_argument("--statistic", choices=("mean", "max", "prediction"), default="mean",
+                   help="error held within the budget: mean + --margin standard errors (default), the largest "
+                        "error of a scored call, or the upper prediction bound for a new prompt (mean + --margin "
+                        "spreads of one prompt's error; what holds on prompts the calibration never saw)")
     p.add_argument("--margin", type=float, default=2.0,
-                   help="standard errors of the mean error added before comparing with the budget (default 2)")
+                   help="standard errors (or spreads, for --statistic prediction and the stated bounds) added to "
+                        "the mean error (default 2)")
     p.add_argument("--refine", type=int, default=None,
                    help="calibration prompts re-run with the profile chosen on the dense runs, scoring again on that "
                         "sparse generation's activations; the final choice uses these scores (default: all; 0: none)")
@@ -148,8 +150,20 @@ def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, str]
     return pipe.to(device), model
 
 
-def run_profile(args: argparse.Namespace) -> int:
+def pipeline_and_call(model: str, device: str, dtype: str | None, height: int | None, width: int | None,
+                      frames: int | None, steps: int | None) -> tuple[Any, str, dict[str, int], dict[str, Any], str]:
+    """(pipeline, recorded name, geometry {height, width, num_frames, num_inference_steps}, the other call
+    arguments, a line saying what is used) for a --model argument; unset geometry is the model's own."""
     from ..call_defaults import GEOMETRY_FLAGS, fill_geometry, native_call
+
+    pipe, name = load_pipeline(model, device, dtype)
+    native = native_call(name, pipe)
+    geometry, used = fill_geometry(dict(height=height, width=width, num_frames=frames, num_inference_steps=steps),
+                                   native, name)
+    return pipe, name, geometry, {k: v for k, v in native.items() if k not in GEOMETRY_FLAGS}, used
+
+
+def run_profile(args: argparse.Namespace) -> int:
     from .calibrate import profile_pipeline
     from .report import summary_text
 
@@ -165,11 +179,8 @@ def run_profile(args: argparse.Namespace) -> int:
 
         state = PartialState(cpu=device == "cpu")  # initializes the process group
         device = args.device or str(state.device)
-    pipe, name = load_pipeline(args.model, device, args.dtype)
-    native = native_call(name, pipe)
-    geometry, used = fill_geometry(dict(height=args.height, width=args.width, num_frames=args.frames,
-                                        num_inference_steps=args.steps), native, name)
-    call_kwargs = {k: v for k, v in native.items() if k not in GEOMETRY_FLAGS}
+    pipe, name, geometry, call_kwargs, used = pipeline_and_call(args.model, device, args.dtype, args.height,
+                                                                args.width, args.frames, args.steps)
     if _rank() == 0:
         print(f"vidsparse profile: {used}")
     if hasattr(pipe, "set_progress_bar_config"):

@@ -65,11 +65,12 @@ def summary_text(profile: Profile, out: str | Path | None = None) -> str:
                 counts[label(choice.strategy)] = counts.get(label(choice.strategy), 0) + 1
         text = ", ".join(f"{name} x{n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         lines.append(f"{layer:>5}  {densities[layer]:7.3f}  {text}")
+    latent = "not measured" if s.latent_error is None else f"{s.latent_error:.4f}" + (
+        "" if s.latent_error_bound is None else f" (bound for a new prompt {s.latent_error_bound:.4f})")
     lines.append(
         f"dense warm-up {profile.schedule.dense_warmup_steps} of the steps; mean density over the run "
         f"{s.mean_density:.3f} (computed share of dense attention work, padding included); mean predicted head "
-        f"error {s.predicted_error:.4f}; final latents' relative error "
-        f"{'not measured' if s.latent_error is None else f'{s.latent_error:.4f}'}"
+        f"error {s.predicted_error:.4f}; final latents' relative error {latent}"
     )
     lines.append(f"predicted attention speed-up: {s.predicted_speedup:.2f}x (cost model: {h.cost}, {h.device}, "
                  f"backend {h.backend}, dense call {h.dense_ms:.3g} ms)")
@@ -83,27 +84,33 @@ def summary_text(profile: Profile, out: str | Path | None = None) -> str:
 def _objective(profile: Profile) -> str:
     (key, value), = profile.calibration.objective.items()
     selection = profile.calibration.selection
-    budgeted = ("largest error of a scored call" if selection["statistic"] == "max"
-                else f"mean error + {selection['margin']:g} standard errors")
+    budgeted = {"max": "largest error of a scored call",
+                "prediction": f"mean error + {selection['margin']:g} spreads of a new prompt's error"}.get(
+        selection["statistic"], f"mean error + {selection['margin']:g} standard errors")
     return (f"{budgeted} <= {value:g}" if key == "error" else f"speed-up {value:g}x, least {budgeted}")
 
 
 def check_text(result: dict) -> str:
     """The report of `vidsparse profile --check`: per-head predicted vs achieved errors on held-out prompts."""
     lines = [f"check on {len(result['latent_errors'])} held-out prompt(s) (seeds the calibration did not use):",
-             f"  {'bucket':>6} {'layer':>5} {'head':>4}  {'strategy':<12} {'predicted':>14} {'achieved':>9} "
-             f"{'ratio':>6}"]
+             f"  {'bucket':>6} {'layer':>5} {'head':>4}  {'strategy':<12} {'mean':>14} {'bound':>7} {'achieved':>9} "
+             f"{'/mean':>6} {'/bound':>6}"]
     for h in result["heads"]:
         se = "" if h["predicted_se"] is None else f" ±{h['predicted_se']:.4f}"
+        bound = "-" if h["bound"] is None else f"{h['bound']:.4f}"
         lines.append(f"  {h['bucket']:>6} {h['layer']:>5} {h['head']:>4}  {h['strategy']:<12} "
-                     f"{h['predicted']:>7.4f}{se:>7} {h['achieved']:>9.4f} {h['ratio']:>6.2f}")
-    stated = result["stated_latent_error"]
+                     f"{h['predicted']:>7.4f}{se:>7} {bound:>7} {h['achieved']:>9.4f} {h['ratio']:>6.2f} "
+                     f"{h['bound_ratio']:>6.2f}")
+    stated, bound = result["stated_latent_error"], result["stated_latent_error_bound"]
     lines.append(
         f"  {100 * result['within']:.0f}% of {len(result['heads'])} sparse heads achieved <= {result['tolerance']:g} x "
-        f"predicted; mean head error predicted {result['predicted_error']:.4f}, achieved "
-        f"{result['achieved_error']:.4f}")
+        f"the stated prediction (the bound where stated; {100 * result['within_per_generation']:.0f}% of single "
+        f"generations; {100 * result['within_mean']:.0f}% against the mean); mean head error predicted "
+        f"{result['predicted_error']:.4f}, achieved {result['achieved_error']:.4f}")
+    states = ("nothing" if stated is None
+              else f"{stated:.4f} largest" + ("" if bound is None else f", {bound:.4f} bound"))
     lines.append(f"  final latents' relative error {', '.join(f'{e:.4f}' for e in result['latent_errors'])} (profile "
-                 f"states {'nothing' if stated is None else f'{stated:.4f}'}); dense generation "
+                 f"states {states}); dense generation "
                  f"{result['dense_s']:.2f} s; "
                  f"profiling cost {result.get('profiling_dense_generations', math.nan):.2f} dense generations")
     return "\n".join(lines)

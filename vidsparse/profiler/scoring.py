@@ -51,13 +51,15 @@ def sample_rows(layout: VideoLayout, count: int, generator: torch.Generator | No
 class CallScores:
     """Scores of every candidate on one call: float64 [C, H] each (means over the call's batch), plus the
     wall time of planning each candidate for all heads of the call (0 for static plans, which are cached), divided
-    by the steps one plan serves in the runtime (`steps_served`: blockified's `refresh_every`)."""
+    by the steps one plan serves in the runtime (`steps_served`: blockified's `refresh_every`), and `masks`, the
+    distinct block masks scored (per head, summed over heads and batch: the work `accounting` counts)."""
 
     error: torch.Tensor
     recall: torch.Tensor
     density: torch.Tensor
     blocks: torch.Tensor
     plan_ms: torch.Tensor
+    masks: int = 0
 
 
 def score_call(
@@ -97,15 +99,17 @@ def score_call(
     q_block = _block_of_token(layout, q.device)[rows]
     error = torch.zeros(c, h, dtype=torch.float64)
     recall = torch.zeros(c, h, dtype=torch.float64)
+    distinct = 0
     for batch in range(b):
         for head in range(h):
             head_masks = torch.stack([m[batch, head] for m in masks])  # [C, Mq, Mk]
             unique, inverse = torch.unique(head_masks.flatten(1), dim=0, return_inverse=True)
             unique = unique.view(-1, *head_masks.shape[1:])
+            distinct += unique.shape[0]
             e, r = _score_head(q[batch, head], k[batch, head], v[batch, head], unique, rows, q_block, layout, scale)
             error[:, head] += e[inverse.cpu()] / b
             recall[:, head] += r[inverse.cpu()] / b
-    return CallScores(error, recall, density, blocks, plan_ms)
+    return CallScores(error, recall, density, blocks, plan_ms, distinct)
 
 
 def _block_of_token(layout: VideoLayout, device: torch.device) -> torch.Tensor:
@@ -151,7 +155,8 @@ class ScoreTable:
     count, and per prompt (`end_prompt`) the sum and squared sum of each prompt's mean error and the prompt count.
 
     The standard error of the mean error is taken over prompts, not calls: the calls of one generation share
-    its content and are correlated, so their spread under-states how much the error moves on a new prompt."""
+    its content and are correlated, so their spread under-states how much the error moves on a new prompt. The
+    spread of the per-prompt means themselves is what a new prompt's error varies by (`mean`'s `error_spread`)."""
 
     candidates: list[Strategy]
     num_heads: int
@@ -187,7 +192,9 @@ class ScoreTable:
         """Statistics over the calls scored for (bucket, layer), [C, H] each: the means of error, recall, density,
         blocks and plan_ms; `error_se`, the standard error of the mean error over prompts (sample standard
         deviation of the per-prompt means / sqrt(prompts); NaN with fewer than two prompts); `error_max`, the
-        largest error of a call. None if unscored."""
+        largest error of a call; `error_spread`, the spread of one new prompt's mean error around this mean (sample
+        standard deviation of the per-prompt means x sqrt(1 + 1 / prompts): the new prompt's own deviation plus the
+        mean's; NaN with fewer than two prompts). None if unscored."""
         key = (bucket, layer)
         if key not in self.sums:
             return None
@@ -197,6 +204,7 @@ class ScoreTable:
         mean = sums["prompt_error"] / n.clamp(min=1)
         variance = (sums["prompt_error_sq"] - n * mean.square()).clamp(min=0) / (n - 1).clamp(min=1)
         stats["error_se"] = torch.where(n > 1, (variance / n.clamp(min=1)).sqrt(), math.nan)
+        stats["error_spread"] = torch.where(n > 1, (variance * (1 + 1 / n.clamp(min=1))).sqrt(), math.nan)
         stats["error_max"] = self.max_error[key].clone()
         return stats
 

@@ -4,7 +4,12 @@ Which error is budgeted (`Selection`): the measured errors are means over a few 
 with the lowest estimate is often the one whose error was under-estimated (the winner's bias). By default the
 selection budgets the mean plus `margin` (2) standard errors of the mean (`statistic="mean"`), so a candidate
 must be within budget with a safety margin from its own sampling noise; `statistic="max"` budgets the largest
-error of any scored call instead (a tail statistic: no call of the calibration exceeded the budget).
+error of any scored call instead (a tail statistic: no call of the calibration exceeded the budget);
+`statistic="prediction"` budgets the upper prediction bound for one new generation, the mean plus `margin` times
+the spread of the per-prompt means x sqrt(1 + 1 / prompts) (`ScoreTable.mean`'s `error_spread`). Only the last
+holds the budget for a prompt the calibration never saw: a head's error moves from one generation to the next by
+that spread (on tiny-wan 30-50% of the mean, with the seed as much as with the prompt), and the standard error of
+the mean is that spread / sqrt(prompts).
 
 Two objectives:
 
@@ -35,13 +40,14 @@ from .cost import CostModel
 logger = logging.getLogger(__name__)
 
 
-STATISTICS = ("mean", "max")
+STATISTICS = ("mean", "max", "prediction")
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which error the selection budgets: mean + margin x standard error (statistic "mean") or the largest error
-    of a scored call (statistic "max")."""
+    """Which error the selection budgets: mean + margin x standard error (statistic "mean"), the largest error
+    of a scored call (statistic "max") or mean + margin x the spread of one new prompt's error (statistic
+    "prediction"; the largest call error where the spread is unknown, with one prompt)."""
 
     statistic: str = "mean"
     margin: float = 2.0
@@ -57,8 +63,9 @@ class Selection:
 @dataclass
 class LayerScores:
     """Scores of every candidate ([C, H] each) for one (bucket, layer) and the bucket's step weight: means over
-    the scored calls, the standard error of the mean error (NaN if one call) and the largest error of a call
-    (both default to the mean's exactness: se 0, max = mean)."""
+    the scored calls, the standard error of the mean error (NaN if one prompt), the largest error of a call and
+    the spread of one new prompt's mean error (NaN if one prompt) (all default to the mean's exactness: se 0,
+    max = mean, spread 0)."""
 
     bucket: int
     layer: int
@@ -70,14 +77,26 @@ class LayerScores:
     plan_ms: torch.Tensor
     error_se: torch.Tensor | None = None
     error_max: torch.Tensor | None = None
+    error_spread: torch.Tensor | None = None
 
     def budgeted(self, selection: Selection) -> torch.Tensor:
-        """float64 [C, H]: the error `selection` compares with the budget (an unknown standard error counts 0)."""
+        """float64 [C, H]: the error `selection` compares with the budget (an unknown standard error counts 0; an
+        unknown spread makes the prediction bound the largest call error)."""
+        largest = self.error if self.error_max is None else torch.maximum(self.error_max, self.error)
         if selection.statistic == "max":
-            return self.error if self.error_max is None else torch.maximum(self.error_max, self.error)
+            return largest
+        if selection.statistic == "prediction":
+            bound = self.bound(selection.margin)
+            return torch.where(torch.isnan(bound), largest, bound)
         if self.error_se is None:
             return self.error
         return self.error + selection.margin * torch.nan_to_num(self.error_se, nan=0.0)
+
+    def bound(self, margin: float) -> torch.Tensor:
+        """float64 [C, H]: the upper prediction bound for one new generation, mean + margin x spread (NaN where
+        the spread is unknown)."""
+        spread = torch.full_like(self.error, math.nan) if self.error_spread is None else self.error_spread
+        return self.error + margin * spread
 
 
 def head_costs(candidates: list[Strategy], scores: LayerScores, cost: CostModel) -> torch.Tensor:
