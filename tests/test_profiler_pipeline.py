@@ -45,8 +45,9 @@ def test_profile_describes_the_model_and_run(pipe, profiled):
     assert set(profile.timings) == {"calibration_s", "cost_model_s", "refine_s", "selection_s", "verify_s", "total_s"}
     assert profile.calibration.selection == {"statistic": "mean", "margin": 2.0}
     assert profile.summary.latent_error is not None and 0.0 < profile.summary.latent_error < 1.0
-    if profile.work["sparse_generations"] == len(CALIBRATION):  # the refinement ran the final choice: 3 latents
-        assert profile.summary.latent_error_bound > profile.summary.latent_error * 0.5
+    # Three refined runs: the bound over them (or, if the refinement changed the choice, the verified run's error
+    # scaled by the first choice's bound / mean).
+    assert profile.summary.latent_error_bound is not None and profile.summary.latent_error_bound > 0
     sparse = [c for b in profile.buckets for c in b.heads[1] if c.strategy.name != "dense"]
     assert sparse, "the loose budget should make some head of layer 1 sparse"
     # Held within the budget with the safety margin: mean + 2 standard errors (over the three prompts).

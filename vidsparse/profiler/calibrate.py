@@ -217,7 +217,9 @@ def profile_pipeline(
             measure the final latents' relative error against their dense run; the refinement's runs count when
             they already ran the final choice. The largest is the profile's `summary.latent_error`, and with two
             runs or more their upper prediction bound (mean + margin x spread, `prediction_bound`) is
-            `summary.latent_error_bound`. 0: no extra run.
+            `summary.latent_error_bound`; with one run, and a refinement that ran another (first) choice on two
+            prompts or more, the bound is that run's error scaled by the first choice's bound / mean (the spread
+            relative to the mean, taken from the first choice's runs). 0: no extra run.
         families: strategy families to consider (default: all registered).
         backend: attention backend the cost model times ("auto" = what `vidsparse.patch` uses).
         cost_model: "measured" (this device's kernel timings) or "ideal" (cost proportional to computed blocks at
@@ -371,12 +373,10 @@ def profile_pipeline(
         work.sparse_generations += refine
         chosen = _strategies(profile)
         profile = select(refined.table, spread_from=table)
-        if _strategies(profile) == chosen:  # the same choice: those runs were the verification
-            verified = [_relative_error(sparse, dense) for sparse, dense in zip(sparse_latents, dense_latents)]
-        else:
-            verified = []
+        first = [_relative_error(sparse, dense) for sparse, dense in zip(sparse_latents, dense_latents)]
+        verified = first if _strategies(profile) == chosen else []  # the same choice: those runs were the verification
     else:
-        verified = []
+        verified, first = [], []
     refine_s = time.perf_counter() - refine_started
     selection_s = time.perf_counter() - started - calibration_s - cost_s - refine_s
     verify_started = time.perf_counter()
@@ -390,6 +390,8 @@ def profile_pipeline(
                                 frames, steps, seed + index, call_kwargs) for (index, prompt), dense in extra]
         work.sparse_generations += len(extra)
         bound = prediction_bound(verified, margin)
+        if bound is None and len(first) > 1 and sum(first) > 0:  # the first choice's runs: spread relative to mean
+            bound = sum(verified) / len(verified) * prediction_bound(first, margin) / (sum(first) / len(first))
         profile = dataclasses.replace(profile, summary=dataclasses.replace(
             profile.summary, latent_error=_round(max(verified)),
             latent_error_bound=None if bound is None else _round(bound)))
