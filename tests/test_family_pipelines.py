@@ -55,6 +55,9 @@ GRIDS = {
     "LTX2InContextPipeline": (10, 16, 16),
     "LTX2HDRPipeline": (10, 16, 16),
     "LTX2DFRPipeline": (6, 16, 16),  # + the generated keyframe slot, one latent frame
+    # The temporal upsampler doubles the 5 latent frames to 9; + the carried keyframe (an anchor at pixel frame 16)
+    # and one invented mid-segment keyframe slot (pixel frame 8), appended.
+    "LTX2DFRTemporalRefinePipeline": (11, 16, 16),
     # CogVideoX VAE 4x in time, 8x in space, patch 2: 9 frames at 256 px -> 3 x 16 x 16.
     "CogVideoXImageToVideoPipeline": (3, 16, 16),
     "CogVideoXVideoToVideoPipeline": (3, 16, 16),

@@ -341,3 +341,24 @@ def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
                      else pipeline_ltx2_hdr_lora.LTX2HDRReferenceCondition)
         call["reference_conditions"] = [reference(frames=_frames(5, 32))]
     return _diffusers(class_name)(**components), call
+
+
+@_builder("LTX2DFRTemporalRefinePipeline")
+def _ltx2_temporal_refine(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """LTX2DFRPipeline's components, the ancestral scheduler the round requires and a tiny temporal x2 latent
+    upsampler. The round refines a prior DFR pass: its outputs are given as random tensors of the shapes the tiny
+    DFR call returns (5 latent frames of 16 x 16, one keyframe at pixel frame 8, 9 audio latent frames)."""
+    from diffusers import LTXEulerAncestralRFScheduler
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+
+    dfr, dfr_call = _ltx2("LTX2DFRPipeline")
+    components = {name: dfr.components[name] for name in (
+        "vae", "audio_vae", "text_encoder", "tokenizer", "connectors", "transformer", "vocoder")}
+    upsampler = LTX2LatentUpsamplerModel(in_channels=4, mid_channels=32, num_blocks_per_stage=1,
+                                         spatial_upsample=False, temporal_upsample=True)
+    pipe = _diffusers(class_name)(scheduler=LTXEulerAncestralRFScheduler(eta=0.5),
+                                  temporal_latent_upsampler=upsampler.eval(), **components)
+    call = {key: dfr_call[key] for key in ("height", "width", "num_frames", "prompt_embeds", "prompt_attention_mask")}
+    call.update(latents=torch.randn(1, 4, 5, 16, 16), keyframes_latents=torch.randn(1, 4, 1, 16, 16),
+                keyframe_positions=[8], audio_latents=torch.randn(1, 2, 9, 2))
+    return pipe, call
