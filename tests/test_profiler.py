@@ -274,3 +274,26 @@ def test_dense_generation_units_by_hand():
                          (dict(fp64_slowdown=-1.0), "fp64_slowdown")):
         with pytest.raises(ValueError, match=message):
             dense_generation_units(work, **{**dict(attention_share=0.7, speedup=2.0, fp64_slowdown=15.0), **bad})
+
+
+def test_pooled_relative_spread_raises_unreliable_head_spreads():
+    """Per candidate, the root-mean-square spread / mean over every (bucket, layer, head) is a floor for each head's
+    spread; a larger own spread stays; dense (error 0) keeps 0; an unknown spread everywhere stays unknown."""
+    from vidsparse.profiler.select import pool_relative_spread
+
+    def layer(error, spread):
+        error = torch.tensor(error, dtype=torch.float64)
+        zeros = torch.zeros_like(error)
+        return LayerScores(0, 0, 1.0, error, 1 - error, zeros, zeros, zeros[:, 0], zeros, error,
+                           torch.tensor(spread, dtype=torch.float64))
+
+    # Candidate 0 is dense; candidate 1 has relative spreads 0.1, 0.5 (layer a) and 0.7, 0.1 (layer b).
+    a = layer([[0.0, 0.0], [0.1, 0.2]], [[0.0, 0.0], [0.01, 0.1]])
+    b = layer([[0.0, 0.0], [0.1, 0.3]], [[0.0, 0.0], [0.07, 0.03]])
+    pooled = ((0.1 ** 2 + 0.5 ** 2 + 0.7 ** 2 + 0.1 ** 2) / 4) ** 0.5
+    new_a, new_b = pool_relative_spread([a, b])
+    torch.testing.assert_close(new_a.error_spread[1], torch.tensor([pooled * 0.1, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(new_b.error_spread[1], torch.tensor([0.07, pooled * 0.3], dtype=torch.float64))
+    assert float(new_a.error_spread[0].abs().sum()) == 0.0
+    unknown = layer([[0.0], [0.1]], [[float("nan")], [float("nan")]])
+    assert torch.isnan(pool_relative_spread([unknown])[0].error_spread[1]).all()

@@ -53,8 +53,9 @@ def test_profile_describes_the_model_and_run(pipe, profiled):
     # Held within the budget with the safety margin: mean + 2 standard errors (over the three prompts).
     sparse_heads = [c for b in profile.buckets for layer in b.heads for c in layer if c.strategy.name != "dense"]
     assert all(c.error + 2 * c.error_se <= BUDGET + 1e-4 and c.error <= c.error_max for c in sparse_heads)
-    # The stated bound for a new prompt: mean + 2 spreads, the spread sqrt(prompts + 1) x the standard error.
-    assert all(c.error_bound == pytest.approx(c.error + 2 * c.error_se * (len(CALIBRATION) + 1) ** 0.5, rel=1e-3)
+    # The stated bound for a new prompt: mean + 2 spreads, the spread at least the head's own, sqrt(prompts + 1) x
+    # its standard error (`pool_relative_spread` may raise it to the candidate's pooled relative spread).
+    assert all(c.error_bound >= (c.error + 2 * c.error_se * (len(CALIBRATION) + 1) ** 0.5) * (1 - 1e-3)
                for c in sparse_heads)
     assert profile.summary.predicted_speedup > 1.0 and profile.summary.mean_density < 1.0
 

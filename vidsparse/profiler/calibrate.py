@@ -42,7 +42,14 @@ from .candidates import default_candidates
 from .cost import backend_name, ideal_cost_model, measure_cost_model
 from .distributed import all_reduce_score_table, split_prompts
 from .scoring import ScoreTable, sample_rows, score_call
-from .select import LayerScores, Selection, layer_ms, select_for_speedup, select_within_budget
+from .select import (
+    LayerScores,
+    Selection,
+    layer_ms,
+    pool_relative_spread,
+    select_for_speedup,
+    select_within_budget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +329,7 @@ def profile_pipeline(
                     other = spread_from.mean(b, layer)
                     means.update(error_spread=other["error_spread"], error_se=other["error_se"])
                 scored.append(LayerScores(b, layer, weights[b], **means))
+        scored = pool_relative_spread(scored)
         dense_total = steps * info.num_layers * cost.dense_ms
         fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
         if target_speedup is not None:

@@ -28,6 +28,7 @@ are the number of sparse denoising steps in the bucket.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -97,6 +98,25 @@ class LayerScores:
         the spread is unknown)."""
         spread = torch.full_like(self.error, math.nan) if self.error_spread is None else self.error_spread
         return self.error + margin * spread
+
+
+def pool_relative_spread(layers: list[LayerScores]) -> list[LayerScores]:
+    """The layers with each spread raised to at least its candidate's pooled relative spread x its mean.
+
+    A head's spread between prompts is estimated from the few calibration prompts (with two prompts, from one
+    difference: a quarter of the time under a third of the true spread), so a bound from it alone often falls short on
+    a new prompt. The candidate's relative spread (spread / mean), pooled as a root mean square over every
+    (bucket, layer, head) it was scored on, rests on all of them; the per-head estimate only raises it (a head known
+    to vary more keeps its own).
+    """
+    ratios = [torch.where(s.error > 0, s.error_spread / s.error, torch.nan) for s in layers
+              if s.error_spread is not None]
+    if not ratios:
+        return layers
+    squares = torch.cat([r.square() for r in ratios], dim=1)  # [C, all heads]
+    pooled = torch.nanmean(squares, dim=1).sqrt()  # [C]; NaN where no spread is known
+    return [dataclasses.replace(s, error_spread=torch.fmax(s.error_spread, pooled[:, None] * s.error))
+            if s.error_spread is not None else s for s in layers]
 
 
 def head_costs(candidates: list[Strategy], scores: LayerScores, cost: CostModel) -> torch.Tensor:
