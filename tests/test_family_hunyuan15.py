@@ -1,9 +1,7 @@
 """HunyuanVideo 1.5 adapter on a tiny transformer and the tiny T2V / I2V pipelines: video first, then each entry's
 valid conditioning tokens (image, ByT5, Qwen), padded ones last, under the processor's square mask
-valid(query) & valid(key).
-
-The runtime reads key-padding masks [B, S] / [B, 1, 1, S] only; until it also reads this square form (the change is
-described in the issue 23 report), every call falls back to the model's kernel, so these tests are expected to fail.
+valid(query) & valid(key), which the runtime reads as key padding (padded query rows run the model's kernel with
+their own mask rows).
 """
 
 from __future__ import annotations
