@@ -96,7 +96,10 @@ def test_spread_and_bound_match_the_statistics_module():
         table.end_prompt()
     expected = statistics.stdev(prompt_means) * (1 + 1 / 5) ** 0.5
     assert float(table.mean(0, 0)["error_spread"]) == pytest.approx(expected, rel=1e-9)
-    assert prediction_bound(prompt_means, 2.0) == pytest.approx(statistics.mean(prompt_means) + 2 * expected)
+    # Few samples: the Student t quantile (4 degrees of freedom) of the normal 97.72% point, 2.869.
+    assert prediction_bound(prompt_means, 2.0) == pytest.approx(statistics.mean(prompt_means) + 2.869 * expected,
+                                                                rel=2e-3)
+    assert prediction_bound([0.1, 0.1], 2.0) == pytest.approx(0.1)
     assert prediction_bound([0.1], 2.0) is None
 
 

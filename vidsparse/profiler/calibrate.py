@@ -224,9 +224,9 @@ def profile_pipeline(
             measure the final latents' relative error against their dense run; the refinement's runs count when
             they already ran the final choice. The largest is the profile's `summary.latent_error`, and with two
             runs or more their upper prediction bound (mean + margin x spread, `prediction_bound`) is
-            `summary.latent_error_bound`; with one run, and a refinement that ran another (first) choice on two
-            prompts or more, the bound is that run's error scaled by the first choice's bound / mean (the spread
-            relative to the mean, taken from the first choice's runs). 0: no extra run.
+            `summary.latent_error_bound`; when the refinement ran another (first) choice on more prompts than
+            that, the bound is the runs' mean error scaled by the first choice's bound / mean (the spread relative
+            to the mean, taken from the larger sample). 0: no extra run.
         families: strategy families to consider (default: all registered).
         backend: attention backend the cost model times ("auto" = what `vidsparse.patch` uses).
         cost_model: "measured" (this device's kernel timings) or "ideal" (cost proportional to computed blocks at
@@ -398,7 +398,7 @@ def profile_pipeline(
                                 frames, steps, seed + index, call_kwargs) for (index, prompt), dense in extra]
         work.sparse_generations += len(extra)
         bound = prediction_bound(verified, margin)
-        if bound is None and len(first) > 1 and sum(first) > 0:  # the first choice's runs: spread relative to mean
+        if len(first) > max(len(verified), 1) and sum(first) > 0:  # more runs of the first choice: their spread
             bound = sum(verified) / len(verified) * prediction_bound(first, margin) / (sum(first) / len(first))
         profile = dataclasses.replace(profile, summary=dataclasses.replace(
             profile.summary, latent_error=_round(max(verified)),
@@ -411,14 +411,18 @@ def profile_pipeline(
 
 
 def prediction_bound(values: Sequence[float], margin: float) -> float | None:
-    """Upper prediction bound for one new sample: mean + margin x sample standard deviation x sqrt(1 + 1 / n)
-    (the rule of the heads' `error_bound`, `ScoreTable.mean`); None with fewer than two values."""
+    """Upper prediction bound for one new sample of a few: mean + q x sample standard deviation x sqrt(1 + 1 / n),
+    q the Student t quantile (n - 1 degrees of freedom) of the normal tail beyond `margin` (so margin 2 bounds
+    97.7% of new samples whatever n; two samples give q = 14: their spread says little). None with fewer than two
+    values. The heads' `error_bound` uses `margin` itself: their spread is pooled over many heads."""
+    from scipy.stats import norm, t  # scipy comes with scikit-image, a dependency
+
     n = len(values)
     if n < 2:
         return None
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean + margin * math.sqrt(variance * (1 + 1 / n))
+    return mean + float(t.ppf(norm.cdf(margin), n - 1)) * math.sqrt(variance * (1 + 1 / n))
 
 
 def _strategies(profile: Profile) -> list[Strategy]:
