@@ -8,18 +8,22 @@
 - `check_dense_reproduces`: patched with a plan of density 1 (through vidsparse's kernel), the pipeline's output
   equals the unpatched one.
 - `check_pipeline_class`: `run_sparse` and `check_layers` on the tiny pipeline of (family, variant).
+- `call_patched`: one call of a transformer or pipeline, patched for the call or not; `full_and_sparse`: a call at full
+  density through vidsparse's kernel reproduces the unpatched one and a sparse call does not.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 import vidsparse
-from test_patch import SPARSE, check_against_oracle, sparse_recorder
+from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
+from test_patch import SPARSE, Recorder, check_against_oracle, sparse_recorder
 from vidsparse.patch import DenseFallbackWarning, inspect_model, install, uninstall
+from vidsparse.strategies import get
 from vidsparse.testing import tiny_call, tiny_pipeline
 
 
@@ -85,6 +89,34 @@ def check_dense_reproduces(pipe: Any, call: dict[str, Any]) -> None:
         vidsparse.unpatch(pipe)
     assert controller.stats["sparse_calls"] > 0 and controller.stats["dense_calls"] == 0
     torch.testing.assert_close(full, reference, rtol=1e-4, atol=1e-5)
+
+
+def call_patched(
+    model: Any, inputs: dict[str, Any], controller: Any = None, *, no_grad: Callable[[], Any] = torch.no_grad
+) -> Any:
+    """`model(**inputs)` (a transformer or a pipeline) under `no_grad()`, with `controller` installed for the call if
+    given; DenseFallbackWarning is an error."""
+    if controller is not None:
+        install(model, controller)
+    try:
+        with no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", DenseFallbackWarning)
+            return model(**inputs)
+    finally:
+        if controller is not None:
+            uninstall(model)
+
+
+def full_and_sparse(run: Callable[[Any], torch.Tensor]) -> Recorder:
+    """`run(controller)` unpatched (None), at full density through vidsparse's kernel (it must give the unpatched
+    output) and at the sparse strategy of test_patch (it must not); the recorder of the sparse run."""
+    reference = run(None)
+    full = Recorder(SparseController(StrategyPolicy(get("neighborhood", window=64), DenseSchedule(0, frozenset()))))
+    torch.testing.assert_close(run(full), reference, rtol=1e-4, atol=1e-5)
+    assert full.calls
+    recorder = sparse_recorder()
+    assert not torch.allclose(run(recorder), reference, atol=1e-4)
+    return recorder
 
 
 def check_pipeline_class(family: str, variant: str | None, **expected: Any) -> list:

@@ -10,16 +10,12 @@ test_family_pipelines.py.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from test_patch import Recorder, check_against_oracle, sparse_recorder
+from family_checks import call_patched, full_and_sparse
+from test_patch import Recorder, check_against_oracle
 
 from vidsparse import VideoLayout
-from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
 from vidsparse.families import find_family
-from vidsparse.patch import DenseFallbackWarning, install, uninstall
-from vidsparse.strategies import get
 
 #: Latent [F, H, W] of the video (patch 2: grid 2 x 16 x 15) and of each history input.
 VIDEO, CLEAN, HISTORY_2X, HISTORY_4X = (2, 32, 30), (2, 32, 30), (3, 32, 30), (5, 32, 30)
@@ -61,15 +57,7 @@ def inputs() -> dict:
 
 
 def run(transformer, controller=None) -> torch.Tensor:
-    if controller is not None:
-        install(transformer, controller)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("error", DenseFallbackWarning)
-            return transformer(**inputs())[0]
-    finally:
-        if controller is not None:
-            uninstall(transformer)
+    return call_patched(transformer, inputs(), controller)[0]
 
 
 def check_dense_outside_the_grid(recorder: Recorder) -> None:
@@ -90,17 +78,31 @@ def check_dense_outside_the_grid(recorder: Recorder) -> None:
 def test_history_prefix_full_density_reproduces_and_sparse_layers_match_the_oracle():
     transformer = tiny_framepack()
     assert find_family(transformer).name == "hunyuan"
-    reference = run(transformer)
-    full = Recorder(SparseController(StrategyPolicy(get("neighborhood", window=64), DenseSchedule(0, frozenset()))))
-    torch.testing.assert_close(run(transformer, full), reference, rtol=1e-4, atol=1e-5)
-    assert full.calls
-    recorder = sparse_recorder()
-    out = run(transformer, recorder)
-    assert not torch.allclose(out, reference, atol=1e-4)
+    recorder = full_and_sparse(lambda controller: run(transformer, controller))
     # Each entry alone, trimmed to its valid keys: the history, the video, 4 image tokens and its valid text.
     assert {(c.q.shape[0], c.layout.prefix_tokens, c.layout.text_tokens) for c, _ in recorder.calls} == {
         (1, PREFIX, IMAGE_TOKENS + valid) for valid in VALID_TEXT}
     assert {(c.layout.grid, c.layout.text_position) for c, _ in recorder.calls} == {(GRID, "suffix")}
     assert {c.layer for c, _ in recorder.calls} == {0, 1}
+    check_against_oracle(recorder)
+    check_dense_outside_the_grid(recorder)
+
+
+def test_vanilla_sampling_packs_the_same_history():
+    """Framepack F1's sampling (`vanilla`: history before the window, frames generated forwards) through the
+    pipeline: 16 + 2 + 1 history frames behind the start image, the same 640 prefix tokens (the default sampling runs
+    in test_family_pipelines.py)."""
+    from vidsparse.testing.pipeline_classes import tiny_pipeline_of
+
+    pipe, call = tiny_pipeline_of("HunyuanVideoFramepackPipeline")
+    call.update(sampling_type="vanilla")
+
+    def run_pipeline(controller):
+        generator = torch.Generator().manual_seed(0)
+        frames = call_patched(pipe, dict(call, output_type="latent", generator=generator), controller).frames
+        return torch.cat([f.flatten() for f in frames])
+
+    recorder = full_and_sparse(run_pipeline)
+    assert {(c.layout.grid, c.layout.prefix_tokens) for c, _ in recorder.calls} == {((2, 16, 16), 640)}
     check_against_oracle(recorder)
     check_dense_outside_the_grid(recorder)

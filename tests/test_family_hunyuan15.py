@@ -10,7 +10,8 @@ import warnings
 
 import pytest
 import torch
-from test_patch import Recorder, check_against_oracle, sparse_recorder
+from family_checks import call_patched, full_and_sparse
+from test_patch import Recorder, check_against_oracle
 
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
 from vidsparse.families import find_family
@@ -46,26 +47,13 @@ def inputs() -> dict:
 
 
 def run(transformer, controller=None) -> torch.Tensor:
-    if controller is not None:
-        install(transformer, controller)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("error", DenseFallbackWarning)
-            return transformer(**inputs())[0]
-    finally:
-        if controller is not None:
-            uninstall(transformer)
+    return call_patched(transformer, inputs(), controller)[0]
 
 
 def test_full_density_reproduces_and_sparse_layers_match_the_oracle():
     transformer = tiny_hunyuan15()
     assert find_family(transformer).name == "hunyuan"
-    reference = run(transformer)
-    full = Recorder(SparseController(StrategyPolicy(get("neighborhood", window=64), DenseSchedule(0, frozenset()))))
-    torch.testing.assert_close(run(transformer, full), reference, rtol=1e-4, atol=1e-5)
-    recorder = sparse_recorder()
-    out = run(transformer, recorder)
-    assert not torch.allclose(out, reference, atol=1e-4)
+    recorder = full_and_sparse(lambda controller: run(transformer, controller))
     # Each entry alone, trimmed to its valid prefix: 4 image + ByT5 + Qwen tokens after the video.
     assert {(c.q.shape[0], c.layout.text_tokens) for c, _ in recorder.calls} == {(1, 4 + b + q) for q, b in VALID}
     assert {c.layout.grid for c, _ in recorder.calls} == {GRID}

@@ -7,10 +7,9 @@ first-frame shift, time divided by the frame rate; LTX-2: [start, end) bounds pe
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from family_checks import call_patched
 from test_patch import Recorder, check_against_oracle, sparse_recorder
 
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
@@ -82,15 +81,7 @@ def ltx2_inputs(transformer, *, sizes: bool = True) -> dict:
 
 
 def run(transformer, inputs, controller=None):
-    if controller is not None:
-        install(transformer, controller)
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("error", DenseFallbackWarning)
-            return transformer(**inputs)
-    finally:
-        if controller is not None:
-            uninstall(transformer)
+    return call_patched(transformer, inputs, controller, no_grad=torch.inference_mode)
 
 
 #: LTX-2.3's per-head output gates and spatio-temporal guidance (STG: block 1's self-attention replaced by its values

@@ -146,6 +146,9 @@ def test_pipeline_patch_with_scheduler_copies(name, extra, iterations):
     pipe, call = tiny_pipeline_of(name)
     recorder = sparse_recorder(warmup=0.4)
     _run_patched(pipe, {**call, **extra}, recorder, pipe)
+    # Unpatched, the pipeline's progress bar and the scheduler's methods are the classes' own again.
+    assert "progress_bar" not in vars(pipe)
+    assert not {"step", "set_timesteps", "__deepcopy__"} & set(vars(pipe.scheduler))
     # Every iteration is counted, each with the same transformer calls (both CFG branches, every layer).
     per_step = collections.Counter(c.step for c, _ in recorder.calls)
     assert set(per_step) == set(range(iterations)) and len(set(per_step.values())) == 1
