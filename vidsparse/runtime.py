@@ -74,9 +74,10 @@ class AttentionCall:
     Attributes:
         layer: index among the patched self-attention modules (0..L-1) in model order; for pipelines with two
             transformers (Wan 2.2 A14B) `transformer` has layers 0..L1-1 and `transformer_2` L1..L1+L2-1.
-        step, num_steps: denoising step index in the current pipeline call and number of steps (None if unknown).
+        step, num_steps: denoising step index in the current pipeline call and number of steps (None if unknown);
+            for diffusion forcing, the iteration of its frame-wise schedule and the number of iterations.
         q, k, v: [B, H, S, D] in the model's token order, after the model's norms and RoPE.
-        layout: where the tokens sit (latent grid, text tokens and their position).
+        layout: where the tokens sit (latent grid, text tokens and their position, prefix tokens).
         scale: softmax scale the model asked for (None = 1/sqrt(D)).
         attention_mask: the model's mask for exactly these tokens, or None when none is needed (key padding is
             trimmed away by the runtime before the controller is called).
