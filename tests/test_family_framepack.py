@@ -4,18 +4,20 @@ packed before the video are the layout's prefix, the SigLIP image and text token
 A batch of two with different valid text lengths (the key-padding path) and history latents whose 2x and 4x parts
 do not fill whole patches (the model pads them): at full density through vidsparse's kernel the output is the
 unpatched one; sparse, every layer equals masked float64 attention with the same plan, the prefix and text rows and
-columns are kept whole and the video part is the plan of the grid alone. The pipeline is tested in
-test_family_pipelines.py.
+columns are kept whole and the video part is the plan of the grid alone; the same through the Triton kernel. The
+pipeline's default sampling is tested in test_family_pipelines.py, its F1 (vanilla) sampling here.
 """
 
 from __future__ import annotations
 
 import torch
 from family_checks import call_patched, full_and_sparse
-from test_patch import Recorder, check_against_oracle
+from test_patch import SPARSE, Recorder, check_against_oracle
 
 from vidsparse import VideoLayout
+from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
 from vidsparse.families import find_family
+from vidsparse.strategies import get
 
 #: Latent [F, H, W] of the video (patch 2: grid 2 x 16 x 15) and of each history input.
 VIDEO, CLEAN, HISTORY_2X, HISTORY_4X = (2, 32, 30), (2, 32, 30), (3, 32, 30), (5, 32, 30)
@@ -106,3 +108,12 @@ def test_vanilla_sampling_packs_the_same_history():
     assert {(c.layout.grid, c.layout.prefix_tokens) for c, _ in recorder.calls} == {((2, 16, 16), 640)}
     check_against_oracle(recorder)
     check_dense_outside_the_grid(recorder)
+
+
+def test_triton_kernel_with_the_history_prefix():
+    """The same call through the Triton kernel (interpreted on CPU; `auto` picks it on CUDA) matches the oracle."""
+    recorder = Recorder(SparseController(StrategyPolicy(get(SPARSE[0], **SPARSE[1]), DenseSchedule(0, frozenset())),
+                                         backend="triton"))
+    run(tiny_framepack(), recorder)
+    assert recorder.inner.stats["calls_by_backend"] == {"vidsparse:triton": 4}
+    check_against_oracle(recorder)
