@@ -1,5 +1,5 @@
-"""Every diffusers pipeline class of the Wan (with SkyReels V2), LTX-Video, CogVideoX and HunyuanVideo families runs
-sparse.
+"""Every diffusers pipeline class of the Wan (with SkyReels V2 and ChronoEdit), LTX-Video, CogVideoX and HunyuanVideo
+families runs sparse.
 
 For each class, a tiny pipeline built from configs (`vidsparse.testing.pipeline_classes`) runs
 1. through vidsparse's kernel at full density (a non-dense strategy whose plan keeps every block): the output must be
@@ -40,6 +40,8 @@ GRIDS = {
     "SkyReelsV2DiffusionForcingImageToVideoPipeline": (3, 8, 8),
     # 9 frames = base_num_frames: one window, whose first (5-1)/4+1 = 2 latent frames are the video's last frames
     "SkyReelsV2DiffusionForcingVideoToVideoPipeline": (3, 8, 8),
+    # 256 px; temporal reasoning: 9 frames -> 3 latent frames at the first step, then the input image's and the edit's.
+    "ChronoEditPipeline": {(3, 16, 16), (2, 16, 16)},
     # LTX VAE 8x in time, 32x in space: 17 frames at 256 px -> 3 x 8 x 8.
     "LTXImageToVideoPipeline": (3, 8, 8),
     "LTXConditionPipeline": (5, 8, 8),  # + the 2 latent frames of the video condition at frame 8, prepended

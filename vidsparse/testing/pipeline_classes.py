@@ -1,6 +1,6 @@
-"""A tiny runnable pipeline for every diffusers pipeline class of the Wan (with SkyReels V2), LTX-Video, CogVideoX and
-HunyuanVideo families, beyond the text-to-video ones of `pipelines.py`: image-, video- and control-conditioned
-variants.
+"""A tiny runnable pipeline for every diffusers pipeline class of the Wan (with SkyReels V2 and ChronoEdit), LTX-Video,
+CogVideoX and HunyuanVideo families, beyond the text-to-video ones of `pipelines.py`: image-, video- and
+control-conditioned variants.
 
     pipe, call = tiny_pipeline_of("WanVACEPipeline")
     pipe(**call, output_type="latent")
@@ -161,6 +161,26 @@ def _wan_animate(class_name: str) -> tuple[Any, dict[str, Any]]:
     call = dict(height=128, width=128, segment_frame_length=9, num_inference_steps=2, guidance_scale=1.0,
                 image=_frames(1)[0], pose_video=_frames(9), face_video=_frames(9, size=16),
                 prev_segment_conditioning_frames=1, **_wan_embeds(_WAN_TRANSFORMER["text_dim"]))
+    return pipe, call
+
+
+@_builder("ChronoEditPipeline")
+def _chronoedit(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """WanPipeline's tokenizer, text encoder and VAE with ChronoEdit's transformer (input channels: noise, condition
+    latents and the 4-channel first-frame mask; CLIP image tokens in cross-attention). Temporal reasoning on: 9 frames
+    (3 latent frames) at the first step, then the pipeline keeps the input image's and the edit's latent frames."""
+    base = tiny_pipeline("wan").components
+    config = dict(_WAN_TRANSFORMER, in_channels=2 * _WAN_TRANSFORMER["in_channels"] + 4, image_dim=16,
+                  added_kv_proj_dim=_WAN_TRANSFORMER["num_attention_heads"] * _WAN_TRANSFORMER["attention_head_dim"])
+    pipe = _diffusers(class_name)(
+        transformer=_diffusers("ChronoEditTransformer3DModel")(**config).eval(), **_clip_image_encoder(),
+        **{name: base[name] for name in ("tokenizer", "text_encoder", "vae", "scheduler")},
+    )
+    # Its processor takes the last 512 cross-attention tokens as the text (a hard-coded length), the rest as the image.
+    text = {key: torch.randn(1, 512, _WAN_TRANSFORMER["text_dim"]) for key in ("prompt_embeds", "negative_prompt_embeds")}
+    # 256 px: the two-frame calls (2 x 16 x 16 tokens) still span several tiles.
+    call = dict(height=256, width=256, num_frames=9, num_inference_steps=2, guidance_scale=3.0,
+                image=_frames(1, 256)[0], enable_temporal_reasoning=True, num_temporal_reasoning_steps=1, **text)
     return pipe, call
 
 
