@@ -64,6 +64,7 @@ GRIDS = {
     "CogVideoXImageToVideoPipeline": (3, 16, 16),
     "CogVideoXVideoToVideoPipeline": (3, 16, 16),
     "CogVideoXFunControlPipeline": (3, 16, 16),
+    "ConsisIDPipeline": (3, 16, 16),  # CogVideoX's VAE and patch
     # HunyuanVideo VAE 4x in time, 8x in space, patch 2: 9 frames at 256 px -> 3 x 16 x 16.
     "HunyuanSkyreelsImageToVideoPipeline": (3, 16, 16),
     "HunyuanVideoImageToVideoPipeline": (3, 16, 16),
@@ -74,7 +75,7 @@ GRIDS = {
 #: class -> text tokens in the self-attention sequence (absent: none, text is in cross-attention).
 TEXT = {
     # CogVideoX: the prompt padded to max_sequence_length, first.
-    **{name: ("prefix", {32}) for name in GRIDS if name.startswith("CogVideoX")},
+    **{name: ("prefix", {32}) for name in GRIDS if name.startswith(("CogVideoX", "ConsisID"))},
     # HunyuanVideo: each prompt's valid tokens, last (character tokens + <s>: "a red fox", "blurry"; given embeddings
     # with 11 and 17 valid tokens).
     "HunyuanSkyreelsImageToVideoPipeline": ("suffix", {10, 7}),

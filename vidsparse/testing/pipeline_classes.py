@@ -177,7 +177,8 @@ def _chronoedit(class_name: str) -> tuple[Any, dict[str, Any]]:
         **{name: base[name] for name in ("tokenizer", "text_encoder", "vae", "scheduler")},
     )
     # Its processor takes the last 512 cross-attention tokens as the text (a hard-coded length), the rest as the image.
-    text = {key: torch.randn(1, 512, _WAN_TRANSFORMER["text_dim"]) for key in ("prompt_embeds", "negative_prompt_embeds")}
+    text = {key: torch.randn(1, 512, _WAN_TRANSFORMER["text_dim"])
+            for key in ("prompt_embeds", "negative_prompt_embeds")}
     # 256 px: the two-frame calls (2 x 16 x 16 tokens) still span several tiles.
     call = dict(height=256, width=256, num_frames=9, num_inference_steps=2, guidance_scale=3.0,
                 image=_frames(1, 256)[0], enable_temporal_reasoning=True, num_temporal_reasoning_steps=1, **text)
@@ -227,6 +228,32 @@ def _cogvideox(class_name: str) -> tuple[Any, dict[str, Any]]:
     else:
         call.update(control_video=_frames(9, 256))
     return _diffusers(class_name)(**components), call
+
+
+@_builder("ConsisIDPipeline")
+def _consisid(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """CogVideoXPipeline's tokenizer, text encoder and VAE with ConsisID's transformer (CogVideoX 1.0 blocks with 3D
+    RoPE; the image latents concatenated to the input channels) and its face path on: the local facial extractor reads
+    an identity embedding and two scales of face ViT features (random tensors here), and a perceiver cross-attention
+    adds them to the video tokens after every second block."""
+    base = tiny_pipeline("cogvideox")
+    config = _config(base.transformer)
+    inner = config["num_attention_heads"] * config["attention_head_dim"]
+    config.update(in_channels=2 * config["in_channels"], use_rotary_positional_embeddings=True, is_train_face=True,
+                  LFE_id_dim=8, LFE_vit_dim=16, LFE_depth=2, LFE_dim_head=8, LFE_num_heads=2, LFE_num_id_token=2,
+                  LFE_num_querie=4, LFE_num_scale=2, LFE_output_dim=inner * 2 // 3, cross_attn_dim_head=8,
+                  cross_attn_num_heads=2)
+    for key in ("patch_size_t", "patch_bias", "ofs_embed_dim"):
+        config.pop(key)  # CogVideoX-only entries
+    transformer = _diffusers("ConsisIDTransformer3DModel")(**config).eval()
+    components = {name: base.components[name] for name in ("tokenizer", "text_encoder", "vae", "scheduler")}
+    call = dict(prompt="a red fox", image=_frames(1, 256)[0], height=256, width=256, num_frames=9,
+                num_inference_steps=2, guidance_scale=3.0, max_sequence_length=32, id_cond=torch.randn(1, 8),
+                id_vit_hidden=[torch.randn(1, 5, 16) for _ in range(2)])
+    # diffusers exports a dummy ConsisIDPipeline without OpenCV, which only its keypoint drawing (`is_kps`) uses.
+    from diffusers.pipelines.consisid.pipeline_consisid import ConsisIDPipeline
+
+    return ConsisIDPipeline(transformer=transformer, **components), call
 
 
 # ----- HunyuanVideo ---------------------------------------------------------------------------------------------
