@@ -19,6 +19,7 @@ RoPE. The adapter only says
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -122,3 +123,22 @@ def video_grid_from_5d(
         _, frames, _, height, width = hidden_states.shape
     pt, ph, pw = patch
     return (frames // pt, height // ph, width // pw)
+
+
+#: One kind of history latent packed before the video: (latents argument, the indices argument without which the model
+#: does not pack it, the patch embedding's kernel over (F, H, W), the multiple each axis is padded to first or None).
+HistoryInput = tuple[str, str, tuple[int, int, int], "tuple[int, int, int] | None"]
+
+
+def packed_history_tokens(inputs: dict[str, Any], history: tuple[HistoryInput, ...]) -> int:
+    """Tokens of the history latents a forward call packs before the video (Framepack, Helios): each [B, C, F, H, W]
+    latent given with its indices, padded (replicated) to whole multiples where the model pads, then patchified by
+    its kernel, every axis rounding down like a strided Conv3d."""
+    total = 0
+    for latents, indices, kernel, pad_to in history:
+        x = inputs.get(latents)
+        if x is not None and inputs.get(indices) is not None:
+            sizes = x.shape[2:] if pad_to is None else [-(-n // m) * m for n, m in zip(x.shape[2:], pad_to)]
+            total += math.prod(n // k for n, k in zip(sizes, kernel))
+    return total
+

@@ -24,12 +24,11 @@ tokens, which stay last.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from .base import Family, register_family, video_grid_from_5d
+from .base import Family, HistoryInput, packed_history_tokens, register_family, video_grid_from_5d
 
 
 @register_family
@@ -57,18 +56,12 @@ class HunyuanVideo(Family):
         return video_grid_from_5d(inputs["hidden_states"], patch)
 
     def prefix_tokens(self, transformer: torch.nn.Module, inputs: dict[str, Any]) -> int:
-        total = 0
-        for latents, indices, kernel, padded in _FRAMEPACK_HISTORY:
-            x = inputs.get(latents)
-            if x is not None and inputs.get(indices) is not None:
-                total += math.prod((n + k - 1) // k if padded else n // k for n, k in zip(x.shape[2:], kernel))
-        return total
+        return packed_history_tokens(inputs, _FRAMEPACK_HISTORY)
 
 
-#: Framepack's history inputs: (latents, the indices without which they are not packed, the patch embedding's kernel
-#: over (F, H, W) of the latent, whether the latent is padded to whole kernels first).
-_FRAMEPACK_HISTORY = (
-    ("latents_clean", "indices_latents_clean", (1, 2, 2), False),
-    ("latents_history_2x", "indices_latents_history_2x", (2, 4, 4), True),
-    ("latents_history_4x", "indices_latents_history_4x", (4, 8, 8), True),
+#: Framepack's history inputs (the 2x and 4x latents padded to whole kernels first).
+_FRAMEPACK_HISTORY: tuple[HistoryInput, ...] = (
+    ("latents_clean", "indices_latents_clean", (1, 2, 2), None),
+    ("latents_history_2x", "indices_latents_history_2x", (2, 4, 4), (2, 4, 4)),
+    ("latents_history_4x", "indices_latents_history_4x", (4, 8, 8), (4, 8, 8)),
 )
