@@ -300,10 +300,23 @@ def _resolve(obj: Any) -> tuple[list[torch.nn.Module], Any]:
     transformers = [getattr(obj, name, None) for name in ("transformer", "transformer_2")]
     transformers = [_unwrap(t) for t in transformers if isinstance(t, torch.nn.Module)]
     if not transformers:
-        raise PatchError(
-            f"expected a diffusers pipeline (with a `transformer`) or a transformer module, got {type(obj).__name__}"
-        )
+        raise PatchError(no_transformer_message(obj))
     return transformers, getattr(obj, "scheduler", None)
+
+
+def no_transformer_message(obj: Any) -> str:
+    """Why `obj`, which has no transformer module, cannot be patched.
+
+    A diffusers modular pipeline keeps its components as attributes too, but its blocks only declare them
+    (`_component_specs`): until they are loaded (`load_components`, `update_components`) the attribute is None.
+    """
+    declared = getattr(obj, "_component_specs", None)
+    if isinstance(declared, dict) and "transformer" in declared:
+        return (
+            f"the transformer of this {type(obj).__name__} is not loaded; load it first (pipe.load_components() or "
+            f"pipe.update_components(transformer=...), and transformer_2 where the blocks use it), then patch"
+        )
+    return f"expected a diffusers pipeline (with a `transformer`) or a transformer module, got {type(obj).__name__}"
 
 
 def _targets(transformers: list[torch.nn.Module], family: str | None) -> list[_Target]:
@@ -386,7 +399,10 @@ def uninstall(pipe_or_transformer: Any) -> None:
     transformers, _ = _resolve(pipe_or_transformer)
     installations = {id(_INSTALLED[t]): _INSTALLED[t] for t in transformers if t in _INSTALLED}
     if not installations:
-        raise PatchError(f"{type(pipe_or_transformer).__name__} is not patched by vidsparse")
+        replaced = "" if isinstance(pipe_or_transformer, torch.nn.Module) else (
+            "; if its transformer was replaced after vidsparse.patch (update_components, assignment), pass the patched "
+            "transformer to vidsparse.unpatch")
+        raise PatchError(f"{type(pipe_or_transformer).__name__} is not patched by vidsparse{replaced}")
     for installation in installations.values():
         installation.remove()
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .families import find_family
-from .runtime import ModelInfo, PatchError, inspect_model
+from .runtime import ModelInfo, PatchError, inspect_model, no_transformer_message
 
 #: Video transformers of diffusers 0.42 that vidsparse knowingly leaves alone, and why.
 NOT_APPLICABLE: dict[str, str] = {
@@ -104,10 +104,7 @@ def describe_support(pipe_or_transformer: Any) -> SupportReport:
     sparse. Nothing is patched or run."""
     transformers = _transformers(pipe_or_transformer)
     if not transformers:
-        raise ValueError(
-            f"expected a diffusers pipeline (with a `transformer`) or a transformer module, got "
-            f"{type(pipe_or_transformer).__name__}"
-        )
+        raise ValueError(no_transformer_message(pipe_or_transformer))
     classes = tuple(type(t).__name__ for t in transformers.values())
     try:
         info, reason = inspect_model(pipe_or_transformer), None

@@ -1,0 +1,151 @@
+"""Every diffusers modular pipeline class of a supported family runs sparse under `vidsparse.patch(pipe)`.
+
+A modular pipeline keeps its components as attributes (`pipe.transformer`, `pipe.transformer_2`, `pipe.scheduler`)
+like a classic one, and its denoise blocks call `scheduler.set_timesteps` and `scheduler.step` on that scheduler, so
+the same installation applies. For each class, a tiny pipeline (`vidsparse.testing.modular_pipelines`, 2 steps with
+classifier-free guidance through the guider):
+1. patched at full density through vidsparse's kernel, its latents are the unpatched pipeline's;
+2. patched sparse with one dense warm-up step: no DenseFallbackWarning, every call on the expected grid, the step
+   counter sees steps 0 and 1 of 2 with the same calls in each (every guider branch, every layer of the expert that
+   runs), step 0 dense and step 1 sparse, and each sparse layer equals float64 attention masked by its plan;
+3. unpatched, processors, hooks and scheduler are the originals and the output is bitwise the unpatched one.
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import pytest
+import torch
+from test_patch import SPARSE, Recorder, check_against_oracle, sparse_recorder
+
+import vidsparse
+from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
+from vidsparse.patch import DenseFallbackWarning, PatchError, inspect_model, install, installed_controller, uninstall
+from vidsparse.strategies import get
+from vidsparse.support import describe_support
+from vidsparse.testing.modular_pipelines import modular_pipeline_classes, tiny_modular_pipeline
+
+#: class -> latent token grid of its tiny call, from the call's sizes and the VAE / patch factors.
+GRIDS = {
+    # Wan VAE 4x in time, 8x in space, patch (1, 2, 2): 9 frames at 128 px -> 3 x 8 x 8.
+    "WanModularPipeline": (3, 8, 8),
+    "WanImage2VideoModularPipeline": (3, 8, 8),
+    "Wan22ModularPipeline": (3, 8, 8),
+    "Wan22Image2VideoModularPipeline": (3, 8, 8),
+    "Wan22VaceModularPipeline": (4, 8, 8),  # the reference image is one more latent frame, before the video
+    # LTX VAE 8x in time, 32x in space: 17 frames at 256 px -> 3 x 8 x 8.
+    "LTXModularPipeline": (3, 8, 8),
+    # Tiny LTX-2 VAE 2x in time and space: 9 frames at 32 px -> 5 x 16 x 16 (audio tokens stay dense).
+    "LTX2ModularPipeline": (5, 16, 16),
+    "LTX25ModularPipeline": (5, 16, 16),
+    # Tiny HunyuanVideo 1.5 VAE 2x in time, 4x in space: 9 frames at 64 px -> 5 x 16 x 16.
+    "HunyuanVideo15ModularPipeline": (5, 16, 16),
+}
+
+#: class -> transformer calls per denoising step: the guider's conditions (LTX-2's guider runs 4 passes).
+BRANCHES = {"LTX2ModularPipeline": 4, "LTX25ModularPipeline": 4}
+
+#: A neighborhood window wider than any tiny grid: every block kept, computed by vidsparse's kernel.
+FULL = ("neighborhood", {"window": 64})
+
+
+def _latents(pipe, call) -> torch.Tensor:
+    return pipe(**call, generator=torch.Generator().manual_seed(0), output="latents")
+
+
+def _run_patched(pipe, call, controller) -> torch.Tensor:
+    install(pipe, controller)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DenseFallbackWarning)
+            return _latents(pipe, call)
+    finally:
+        uninstall(pipe)
+
+
+def _state(pipe) -> tuple:
+    """What patching changes: every attention processor, the transformers' forward pre-hooks, the scheduler's own
+    methods (its instance attributes that are callables)."""
+    transformers = [getattr(pipe, name, None) for name in ("transformer", "transformer_2")]
+    transformers = [t for t in transformers if t is not None]
+    processors = [m.processor for t in transformers for m in t.modules() if hasattr(m, "processor")]
+    hooks = [dict(t._forward_pre_hooks) for t in transformers]
+    return processors, hooks, {key for key, value in vars(pipe.scheduler).items() if callable(value)}
+
+
+def test_every_modular_pipeline_class_is_covered():
+    assert modular_pipeline_classes() == sorted(GRIDS)
+
+
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_modular_pipeline_runs_sparse_counts_steps_and_unpatches(name):
+    pipe, call = tiny_modular_pipeline(name)
+    report = describe_support(pipe)  # what `vidsparse inspect-model` prints, before anything runs
+    assert report.supported and sum(group.count for group in report.sparse) == inspect_model(pipe).num_layers
+    before = _state(pipe)
+    reference = _latents(pipe, call)
+
+    full = SparseController(StrategyPolicy(get(FULL[0], **FULL[1]), DenseSchedule(0, frozenset())))
+    torch.testing.assert_close(_run_patched(pipe, call, full), reference, rtol=1e-4, atol=1e-5)
+    assert full.stats["sparse_calls"] > 0 and full.stats["dense_calls"] == 0
+
+    recorder = sparse_recorder(SPARSE, warmup=1)
+    out = _run_patched(pipe, call, recorder)
+    assert torch.isfinite(out).all() and not torch.allclose(out, reference, atol=1e-4)
+    calls = [c for c, _ in recorder.calls]
+    assert {c.layout.grid for c in calls} == {GRIDS[name]}
+    per_step = collections.Counter(c.step for c in calls)
+    assert set(per_step) == {0, 1} and {c.num_steps for c in calls} == {2}
+    info = inspect_model(pipe)
+    # Every layer of the expert that runs the step (Wan 2.2: `transformer`, then `transformer_2`), once per branch.
+    for step in (0, 1):
+        layers = collections.Counter(c.layer for c in calls if c.step == step)
+        assert len(set(layers.values())) == 1 and set(layers.values()) == {BRANCHES.get(name, 2)}
+        expert = min(step, len(info.layers_per_transformer) - 1)
+        first = info.first_layers[expert]
+        assert set(layers) == set(range(first, first + info.layers_per_transformer[expert]))
+    assert recorder.inner.stats["dense_calls"] == per_step[0]
+    assert recorder.inner.stats["sparse_calls"] == per_step[1] > 0
+    check_against_oracle(recorder)
+
+    assert _state(pipe) == before
+    assert torch.equal(_latents(pipe, call), reference)
+
+
+def test_patch_through_vidsparse_patch_with_defaults():
+    """`vidsparse.patch(pipe)` as a user calls it: default strategy, dense warm-up and first layer, then sparse."""
+    pipe, call = tiny_modular_pipeline("WanModularPipeline")
+    controller = vidsparse.patch(pipe)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DenseFallbackWarning)
+            _latents(pipe, call)
+    finally:
+        vidsparse.unpatch(pipe)
+    # 2 steps x 2 branches x 2 layers: step 0 (warm-up) and layer 0 dense, layer 1 of step 1 sparse.
+    assert controller.stats["sparse_calls"] == 2 and controller.stats["dense_calls"] == 6
+
+
+def test_modular_pipeline_without_a_loaded_transformer_is_refused():
+    from diffusers.modular_pipelines import WanBlocks
+
+    pipe = WanBlocks().init_pipeline()  # components declared by the blocks, none loaded
+    with pytest.raises(PatchError, match="transformer of this WanModularPipeline is not loaded"):
+        vidsparse.patch(pipe)
+    with pytest.raises(ValueError, match="is not loaded"):
+        describe_support(pipe)
+
+
+def test_transformer_replaced_after_patch_is_unpatched_through_the_patched_one():
+    pipe, call = tiny_modular_pipeline("WanModularPipeline")
+    patched, before = pipe.transformer, _state(pipe)
+    vidsparse.patch(pipe, strategy=SPARSE)
+    pipe.update_components(transformer=type(patched)(**patched.config).eval())
+    with pytest.raises(PatchError, match="pass the patched transformer to vidsparse.unpatch"):
+        vidsparse.unpatch(pipe)
+    vidsparse.unpatch(patched)  # removes the whole installation: its processors, its hook and the scheduler's wrappers
+    assert installed_controller(patched) is None
+    pipe.update_components(transformer=patched)
+    assert _state(pipe) == before
