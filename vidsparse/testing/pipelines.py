@@ -324,6 +324,6 @@ def _no_variant(family: str, variant: str | None) -> None:
 
 # Families whose builders live in their own modules register on import.
 from . import (  # noqa: E402,F401
-    pipelines_allegro, pipelines_cosmos, pipelines_easyanimate, pipelines_helios, pipelines_hunyuan15,
-    pipelines_kandinsky, pipelines_motif,
+    pipelines_allegro, pipelines_anyflow, pipelines_cosmos, pipelines_easyanimate, pipelines_helios,
+    pipelines_hunyuan15, pipelines_kandinsky, pipelines_motif,
 )
