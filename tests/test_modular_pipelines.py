@@ -14,18 +14,19 @@ classifier-free guidance through the guider):
 from __future__ import annotations
 
 import collections
-import warnings
 
 import pytest
 import torch
-from test_patch import SPARSE, Recorder, check_against_oracle, sparse_recorder
+from family_checks import call_patched
+from test_patch import SPARSE, check_against_oracle, sparse_recorder
 
 import vidsparse
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
-from vidsparse.patch import DenseFallbackWarning, PatchError, inspect_model, install, installed_controller, uninstall
+from vidsparse.patch import PatchError, inspect_model, installed_controller
 from vidsparse.strategies import get
 from vidsparse.support import describe_support
-from vidsparse.testing.modular_pipelines import modular_pipeline_classes, tiny_modular_pipeline
+from vidsparse.testing.modular_pipelines import modular_pipeline_classes
+from vidsparse.testing.pipeline_classes import tiny_pipeline_of
 
 #: class -> latent token grid of its tiny call, from the call's sizes and the VAE / patch factors.
 GRIDS = {
@@ -51,18 +52,9 @@ BRANCHES = {"LTX2ModularPipeline": 4, "LTX25ModularPipeline": 4}
 FULL = ("neighborhood", {"window": 64})
 
 
-def _latents(pipe, call) -> torch.Tensor:
-    return pipe(**call, generator=torch.Generator().manual_seed(0), output="latents")
-
-
-def _run_patched(pipe, call, controller) -> torch.Tensor:
-    install(pipe, controller)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", DenseFallbackWarning)
-            return _latents(pipe, call)
-    finally:
-        uninstall(pipe)
+def _latents(pipe, call, controller=None) -> torch.Tensor:
+    """The call's latents, patched with `controller` for the call if given (DenseFallbackWarning is an error)."""
+    return call_patched(pipe, {**call, "generator": torch.Generator().manual_seed(0), "output": "latents"}, controller)
 
 
 def _state(pipe) -> tuple:
@@ -81,18 +73,18 @@ def test_every_modular_pipeline_class_is_covered():
 
 @pytest.mark.parametrize("name", sorted(GRIDS))
 def test_modular_pipeline_runs_sparse_counts_steps_and_unpatches(name):
-    pipe, call = tiny_modular_pipeline(name)
+    pipe, call = tiny_pipeline_of(name)
     report = describe_support(pipe)  # what `vidsparse inspect-model` prints, before anything runs
     assert report.supported and sum(group.count for group in report.sparse) == inspect_model(pipe).num_layers
     before = _state(pipe)
     reference = _latents(pipe, call)
 
     full = SparseController(StrategyPolicy(get(FULL[0], **FULL[1]), DenseSchedule(0, frozenset())))
-    torch.testing.assert_close(_run_patched(pipe, call, full), reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_latents(pipe, call, full), reference, rtol=1e-4, atol=1e-5)
     assert full.stats["sparse_calls"] > 0 and full.stats["dense_calls"] == 0
 
     recorder = sparse_recorder(SPARSE, warmup=1)
-    out = _run_patched(pipe, call, recorder)
+    out = _latents(pipe, call, recorder)
     assert torch.isfinite(out).all() and not torch.allclose(out, reference, atol=1e-4)
     calls = [c for c, _ in recorder.calls]
     assert {c.layout.grid for c in calls} == {GRIDS[name]}
@@ -116,12 +108,10 @@ def test_modular_pipeline_runs_sparse_counts_steps_and_unpatches(name):
 
 def test_patch_through_vidsparse_patch_with_defaults():
     """`vidsparse.patch(pipe)` as a user calls it: default strategy, dense warm-up and first layer, then sparse."""
-    pipe, call = tiny_modular_pipeline("WanModularPipeline")
+    pipe, call = tiny_pipeline_of("WanModularPipeline")
     controller = vidsparse.patch(pipe)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", DenseFallbackWarning)
-            _latents(pipe, call)
+        _latents(pipe, call)  # DenseFallbackWarning is an error
     finally:
         vidsparse.unpatch(pipe)
     # 2 steps x 2 branches x 2 layers: step 0 (warm-up) and layer 0 dense, layer 1 of step 1 sparse.
@@ -139,7 +129,7 @@ def test_modular_pipeline_without_a_loaded_transformer_is_refused():
 
 
 def test_transformer_replaced_after_patch_is_unpatched_through_the_patched_one():
-    pipe, call = tiny_modular_pipeline("WanModularPipeline")
+    pipe, call = tiny_pipeline_of("WanModularPipeline")
     patched, before = pipe.transformer, _state(pipe)
     vidsparse.patch(pipe, strategy=SPARSE)
     pipe.update_components(transformer=type(patched)(**patched.config).eval())

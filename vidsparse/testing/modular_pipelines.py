@@ -1,59 +1,35 @@
 """A tiny runnable instance of every diffusers *modular* pipeline class of a supported family (Wan 2.1 / 2.2, LTX-Video,
-LTX-2 / 2.5, HunyuanVideo 1.5), built as a user builds one: the family's blocks, `init_pipeline()`, then
-`update_components(...)` with tiny models from configs (those of `tiny_pipeline` / `tiny_pipeline_of`).
+LTX-2 / 2.5, HunyuanVideo 1.5), built as a user builds one: the class on the family's blocks
+(`Wan22ModularPipeline(blocks=Wan22Blocks())`; `blocks.init_pipeline()` picks the Wan 2.2 classes only from a
+checkpoint's config), then `update_components(...)` with tiny models from configs (those of `tiny_pipeline` and of the
+classic pipeline classes). Registered with `tiny_pipeline_of`, next to the classic classes.
 
-    pipe, call = tiny_modular_pipeline("WanModularPipeline")
+    pipe, call = tiny_pipeline_of("WanModularPipeline")
     latents = pipe(**call, output="latents")
 
 Where a text encoder cannot run offline (Wan's prompt cleaning needs ftfy, which is not a dependency; LTX-2's Gemma and
-HunyuanVideo 1.5's Qwen tokenizers cannot be built from configs) its block is removed from the blocks before
-`init_pipeline()`, the modular way of running text encoding separately, and the call passes the embeddings that block
+HunyuanVideo 1.5's Qwen tokenizers cannot be built from configs) its block is removed from the blocks, the modular way of running text encoding separately, and the call passes the embeddings that block
 would produce. Each call runs 2 denoising steps with classifier-free guidance (the guider's two conditions).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from .pipeline_classes import _clip_image_encoder, _frames, tiny_pipeline_of
+from .pipeline_classes import _builder, _clip_image_encoder, _frames, pipeline_classes, tiny_pipeline_of
 from .pipelines import _WAN_TRANSFORMER, _t5_tokenizer, tiny_call, tiny_pipeline
-
-_BUILDERS: dict[str, Callable[[], tuple[Any, dict[str, Any]]]] = {}
-
-
-def _builder(*class_names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for name in class_names:
-            _BUILDERS[name] = lambda name=name: fn(name)
-        return fn
-
-    return register
 
 
 def modular_pipeline_classes() -> list[str]:
-    """Names of the diffusers modular pipeline classes `tiny_modular_pipeline` builds."""
-    return sorted(_BUILDERS)
-
-
-def tiny_modular_pipeline(class_name: str, *, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """(modular pipeline, call arguments) for a tiny instance of the diffusers modular pipeline class `class_name`
-    (CPU, float32). The global RNG state is left as it was."""
-    if class_name not in _BUILDERS:
-        raise ValueError(
-            f"class_name {class_name!r} has no tiny modular pipeline; available: {', '.join(modular_pipeline_classes())}"
-        )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        pipe, call = _BUILDERS[class_name]()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, call
+    """Names of the diffusers modular pipeline classes `tiny_pipeline_of` builds (registered here)."""
+    return [name for name in pipeline_classes() if name.endswith("ModularPipeline")]
 
 
 def _init(class_name: str, blocks_name: str, components: dict[str, Any], *, without: tuple[str, ...] = ()) -> Any:
     """`class_name(blocks=<blocks_name>())` with the sub-blocks at the dotted paths `without` removed, and
-    `components`. (`blocks.init_pipeline()` picks Wan 2.2's classes only from a checkpoint's config.)"""
+    `components`."""
     import diffusers
     import diffusers.modular_pipelines
 

@@ -409,3 +409,6 @@ def _ltx2_temporal_refine(class_name: str) -> tuple[Any, dict[str, Any]]:
     call.update(latents=torch.randn(1, 4, 5, 16, 16), keyframes_latents=torch.randn(1, 4, 1, 16, 16),
                 keyframe_positions=[8], audio_latents=torch.randn(1, 2, 9, 2))
     return pipe, call
+
+
+from . import modular_pipelines  # noqa: E402,F401  (registers the modular pipeline classes with tiny_pipeline_of)
