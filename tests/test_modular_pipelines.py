@@ -3,7 +3,8 @@
 A modular pipeline keeps its components as attributes (`pipe.transformer`, `pipe.transformer_2`, `pipe.scheduler`)
 like a classic one, and its denoise blocks call `scheduler.set_timesteps` and `scheduler.step` on that scheduler, so
 the same installation applies. For each class, a tiny pipeline (`vidsparse.testing.modular_pipelines`, 2 steps with
-classifier-free guidance through the guider):
+classifier-free guidance through the guider), and for the auto blocks of LTX and LTX-2 also their other workflows
+(text-to-video, image-to-video, conditions, in-context reference video):
 1. patched at full density through vidsparse's kernel, its latents are the unpatched pipeline's;
 2. patched sparse with one dense warm-up step: no DenseFallbackWarning, every call on the expected grid, the step
    counter sees steps 0 and 1 of 2 with the same calls in each (every guider branch, every layer of the expert that
@@ -26,7 +27,7 @@ from vidsparse.patch import PatchError, inspect_model, installed_controller
 from vidsparse.strategies import get
 from vidsparse.support import describe_support
 from vidsparse.testing.modular_pipelines import modular_pipeline_classes
-from vidsparse.testing.pipeline_classes import tiny_pipeline_of
+from vidsparse.testing.pipeline_classes import _frames, tiny_pipeline_of
 
 #: class -> latent token grid of its tiny call, from the call's sizes and the VAE / patch factors.
 GRIDS = {
@@ -44,6 +45,32 @@ GRIDS = {
     # Tiny HunyuanVideo 1.5 VAE 2x in time, 4x in space: 9 frames at 64 px -> 5 x 16 x 16.
     "HunyuanVideo15ModularPipeline": (5, 16, 16),
 }
+
+
+
+def _ltx2_workflow(workflow: str) -> dict:
+    """The inputs that make the LTX-2 auto blocks run `workflow` (the tiny call is text-to-video), as for the classic
+    LTX-2 pipeline classes: crf 0, no H.264 re-compression (it needs PyAV)."""
+    from diffusers.pipelines.ltx2 import pipeline_ltx2_condition, pipeline_ltx2_ic_lora
+
+    if workflow == "image2video":
+        return dict(image=_frames(1, 32)[0], image_crf=0)
+    if workflow == "condition":  # an image at frame 0 and a keyframe at index 3 (one latent frame, appended)
+        return dict(conditions=[pipeline_ltx2_condition.LTX2VideoCondition(frames=image, index=index, crf=0)
+                                for image, index in zip(_frames(2, 32), (0, 3))])
+    return dict(reference_conditions=[pipeline_ltx2_ic_lora.LTX2ReferenceCondition(frames=_frames(5, 32))])
+
+
+#: (class, workflow of its auto blocks) -> (how the call changes, grid) beyond each class's tiny call.
+WORKFLOWS = {
+    ("LTXModularPipeline", "text2video"): (lambda call: {k: v for k, v in call.items() if k != "image"}, (3, 8, 8)),
+    ("LTX2ModularPipeline", "image2video"): (lambda call: {**call, **_ltx2_workflow("image2video")}, (5, 16, 16)),
+    ("LTX2ModularPipeline", "condition"): (lambda call: {**call, **_ltx2_workflow("condition")}, (6, 16, 16)),
+    # + the 5 reference frames (the tiny VAE encodes them 1:1 in time), appended
+    ("LTX2ModularPipeline", "in_context"): (lambda call: {**call, **_ltx2_workflow("in_context")}, (10, 16, 16)),
+    ("LTX25ModularPipeline", "image2video"): (lambda call: {**call, **_ltx2_workflow("image2video")}, (5, 16, 16)),
+}
+CASES = [(name, None) for name in sorted(GRIDS)] + sorted(WORKFLOWS)
 
 #: class -> transformer calls per denoising step: the guider's conditions (LTX-2's guider runs 4 passes).
 BRANCHES = {"LTX2ModularPipeline": 4, "LTX25ModularPipeline": 4}
@@ -71,9 +98,13 @@ def test_every_modular_pipeline_class_is_covered():
     assert modular_pipeline_classes() == sorted(GRIDS)
 
 
-@pytest.mark.parametrize("name", sorted(GRIDS))
-def test_modular_pipeline_runs_sparse_counts_steps_and_unpatches(name):
+@pytest.mark.parametrize("name, workflow", CASES, ids=[f"{n}-{w}" if w else n for n, w in CASES])
+def test_modular_pipeline_runs_sparse_counts_steps_and_unpatches(name, workflow):
     pipe, call = tiny_pipeline_of(name)
+    grid = GRIDS[name]
+    if workflow is not None:
+        change, grid = WORKFLOWS[name, workflow]
+        call = change(call)
     report = describe_support(pipe)  # what `vidsparse inspect-model` prints, before anything runs
     assert report.supported and sum(group.count for group in report.sparse) == inspect_model(pipe).num_layers
     before = _state(pipe)
@@ -87,7 +118,7 @@ def test_modular_pipeline_runs_sparse_counts_steps_and_unpatches(name):
     out = _latents(pipe, call, recorder)
     assert torch.isfinite(out).all() and not torch.allclose(out, reference, atol=1e-4)
     calls = [c for c, _ in recorder.calls]
-    assert {c.layout.grid for c in calls} == {GRIDS[name]}
+    assert {c.layout.grid for c in calls} == {grid}
     per_step = collections.Counter(c.step for c in calls)
     assert set(per_step) == {0, 1} and {c.num_steps for c in calls} == {2}
     info = inspect_model(pipe)
