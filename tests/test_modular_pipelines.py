@@ -23,7 +23,7 @@ from test_patch import SPARSE, check_against_oracle, sparse_recorder
 
 import vidsparse
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
-from vidsparse.patch import PatchError, inspect_model, installed_controller
+from vidsparse.patch import PatchError, inspect_model, install, installed_controller, uninstall
 from vidsparse.strategies import get
 from vidsparse.support import describe_support
 from vidsparse.testing.modular_pipelines import modular_pipeline_classes
@@ -170,3 +170,26 @@ def test_transformer_replaced_after_patch_is_unpatched_through_the_patched_one()
     assert installed_controller(patched) is None
     pipe.update_components(transformer=patched)
     assert _state(pipe) == before
+
+
+def test_pipelines_sharing_components_share_the_installation():
+    """Modular pipelines share loaded components (through a ComponentsManager): a second pipeline on the patched
+    transformer and scheduler runs sparse with its steps counted, and patching it too is refused."""
+    from diffusers.modular_pipelines import ComponentsManager, WanBlocks
+
+    pipe, call = tiny_pipeline_of("WanModularPipeline")
+    blocks = WanBlocks()
+    blocks.sub_blocks.pop("text_encoder")
+    other = blocks.init_pipeline(components_manager=ComponentsManager())
+    other.update_components(**{name: pipe.components[name] for name in ("transformer", "scheduler", "vae")})
+    recorder = sparse_recorder(SPARSE, warmup=1)
+    install(pipe, recorder)
+    try:
+        with pytest.raises(PatchError, match="already patched"):
+            vidsparse.patch(other)
+        _latents(other, call)
+    finally:
+        uninstall(pipe)
+    per_step = collections.Counter((c.step, c.num_steps) for c, _ in recorder.calls)
+    assert per_step == {(0, 2): 4, (1, 2): 4}  # 2 branches x 2 layers a step
+    assert recorder.inner.stats["sparse_calls"] == 4 and recorder.inner.stats["dense_calls"] == 4
