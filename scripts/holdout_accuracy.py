@@ -64,11 +64,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     objective.add_argument("--target-speedup", type=float, default=None, help="predicted attention speed-up")
     p.add_argument("--statistic", choices=("mean", "max", "prediction"), default="prediction")
     p.add_argument("--margin", type=float, default=2.0)
+    p.add_argument("--calibration-steps", type=int, default=None,
+                   help="denoising steps of the calibration runs (default --steps; the check runs --steps)")
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--sample-steps", type=int, default=6)
     p.add_argument("--buckets", type=int, default=2)
     p.add_argument("--refine", type=int, default=None, help="calibration prompts re-run sparse (default: all)")
     p.add_argument("--verify", type=int, default=1)
+    p.add_argument("--estimate", type=int, default=0,
+                   help="of the --calibration prompts, the last N state the errors without choosing (default 0)")
     p.add_argument("--dense-layers", type=lambda s: [int(x) for x in s.split(",") if x.strip()], default=[],
                    help="layers kept dense (default: none)")
     p.add_argument("--warmup", type=float, default=0.2)
@@ -81,25 +85,31 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def wan_cost(prompts: int, refine: int, sampled: int, rows: int, verify_runs: int = 0) -> dict[str, float]:
-    """Counted cost of profiling Wan 2.1 1.3B 480p with these settings, in dense generations."""
+def wan_cost(prompts: int, refine: int, sampled: int, rows: int, verify_runs: int = 0,
+             step_fraction: float = 1.0, estimate: int = 0) -> dict[str, float]:
+    """Counted cost of profiling Wan 2.1 1.3B 480p with these settings, in dense generations (`step_fraction`: the
+    calibration runs' steps / the generated steps, applied to Wan's 50)."""
     layout = VideoLayout(*WAN["grid"])
     work = predict_work(layout, default_candidates(layout), layers=WAN["layers"], heads=WAN["heads"],
                         head_dim=WAN["head_dim"], steps=WAN["steps"], sampled=sampled, prompts=prompts, refine=refine,
-                        verify_runs=verify_runs, rows=rows, branches=WAN["branches"])
+                        verify_runs=verify_runs, rows=rows, branches=WAN["branches"],
+                        calibration_steps=round(step_fraction * WAN["steps"]), estimate=estimate)
     units = dense_generation_units(work, attention_share=WAN_ATTENTION_SHARE, speedup=WAN_SPEEDUP,
                                    fp64_slowdown=WAN_FP64_SLOWDOWN)
     return {k: round(v, 3) for k, v in units.items()}
 
 
 def trade_off() -> list[dict]:
-    """Wan-sized cost over prompts / refined prompts, scored steps and rows."""
+    """Wan-sized cost over prompts / refined prompts, scored steps, rows and calibration steps (of 50)."""
     table = []
-    for prompts, refine in ((1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 3)):
+    for prompts, refine in ((1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 3), (6, 6), (8, 8)):
         for sampled in (4, 6, 10):
             for rows in (64, 256, 1024):
-                table.append({"prompts": prompts, "refine": refine, "sample_steps": sampled, "rows": rows,
-                              **wan_cost(prompts, refine, sampled, rows, verify_runs=int(refine == 0))})
+                for calibration_steps in (10, 15, 25, 50):
+                    table.append({"prompts": prompts, "refine": refine, "sample_steps": sampled, "rows": rows,
+                                  "calibration_steps": calibration_steps,
+                                  **wan_cost(prompts, refine, sampled, rows, verify_runs=int(refine == 0),
+                                             step_fraction=calibration_steps / WAN["steps"])})
     return table
 
 
@@ -124,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe, calibration, **size, budget=args.budget, target_speedup=args.target_speedup, seed=args.seed,
         progress=False, warmup=args.warmup, dense_layers=args.dense_layers, sample_steps=args.sample_steps,
         buckets=args.buckets, rows=args.rows, statistic=args.statistic, margin=args.margin, refine=args.refine,
-        verify=args.verify, cost_model=args.cost, name=name, call_kwargs=call_kwargs)
+        verify=args.verify, cost_model=args.cost, name=name, call_kwargs=call_kwargs,
+        calibration_steps=args.calibration_steps, estimate=args.estimate)
     print(summary_text(profile, args.save_profile), flush=True)
     if args.save_profile is not None:
         profile.save(args.save_profile)
@@ -144,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     work = ProfilingWork(**profile.work)
     counted = dense_generation_units(work, attention_share=1.0, speedup=profile.summary.predicted_speedup,
                                      fp64_slowdown=args.cpu_fp64_slowdown)
-    refine = len(calibration) if args.refine is None else args.refine
-    wan = wan_cost(len(calibration), refine, len(profile.calibration.sampled_steps), args.rows,
-                   verify_runs=work.sparse_generations - refine)
+    choosing = len(calibration) - args.estimate
+    refine = choosing if args.refine is None else min(args.refine, choosing)
+    wan = wan_cost(choosing, refine, len(profile.calibration.sampled_steps), args.rows,
+                   verify_runs=work.sparse_generations - refine - args.estimate, step_fraction=work.step_fraction,
+                   estimate=args.estimate)
     print(f"profiling cost: measured {check['profiling_dense_generations']:.2f} dense generations here; counted "
           f"{counted['total']:.2f} (attention-only model, float64 {args.cpu_fp64_slowdown:g}x); Wan 2.1 1.3B 480p with "
           f"these settings: {wan['total']:.2f} ({wan})")

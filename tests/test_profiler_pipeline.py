@@ -42,7 +42,8 @@ def test_profile_describes_the_model_and_run(pipe, profiled):
         info.family, info.num_layers, info.num_heads, info.head_dim)
     assert profile.calibration.grid == (3, 16, 16) and profile.calibration.steps == 5
     assert 0 in profile.schedule.dense_layers
-    assert set(profile.timings) == {"calibration_s", "cost_model_s", "refine_s", "selection_s", "verify_s", "total_s"}
+    assert set(profile.timings) == {"calibration_s", "cost_model_s", "refine_s", "selection_s", "estimate_s", "verify_s",
+                                    "total_s"}
     assert profile.calibration.selection == {"statistic": "mean", "margin": 2.0}
     assert profile.summary.latent_error is not None and 0.0 < profile.summary.latent_error < 1.0
     # Three refined runs: the bound over them (or, if the refinement changed the choice, the verified run's error
@@ -190,3 +191,74 @@ def test_cli_profile_and_inspect(tmp_path, capsys):
     broken.write_text(out.read_text().replace('"num_heads": 2', '"num_heads": 3', 1))
     assert main(["inspect", str(broken)]) == 2
     assert "buckets[0].layers[0].heads" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def split_profile(pipe):
+    """Calibrated with 4-step runs for a 5-step generation; the last prompt only states the errors (every video row
+    scored, so the scores are the exact means the check measures)."""
+    settings = dict(**GEOMETRY, budget=BUDGET, seed=3, progress=False, sample_steps=2, rows=1024, cost_model="ideal",
+                    call_kwargs=CALL, calibration_steps=4)
+    return (profile_pipeline(pipe, CALIBRATION, estimate=1, **settings),
+            profile_pipeline(pipe, CALIBRATION[:2], **settings))
+
+
+def test_estimate_states_the_errors_of_prompts_the_choice_never_saw(pipe, split_profile):
+    """Sample splitting: the choice is the one the first two prompts make alone; the stated head errors and the
+    final latents' error are what the third prompt's run with that profile measures (`measure_achieved_error`: the
+    patched generation, all video rows, at the calibration's sampled steps; the latents against the dense run)."""
+    split, chosen_alone = split_profile
+    assert split.calibration.steps == 4 and split.calibration.prompts == 3
+    assert _strategies(split) == _strategies(chosen_alone)
+    check = measure_achieved_error(pipe, split, [CALIBRATION[2]], **{**GEOMETRY, "steps": 4}, seed=3 + 2,
+                                   call_kwargs=CALL)
+    assert check["heads"], "the loose budget should make some head sparse"
+    for h in check["heads"]:
+        choice = split.buckets[h["bucket"]].heads[h["layer"]][h["head"]]
+        assert choice.error == pytest.approx(h["achieved_sampled_steps"], rel=1e-3), h
+        assert choice.error_bound >= choice.error
+    assert split.summary.latent_error == pytest.approx(check["latent_errors"][0], rel=1e-3)
+    stated = [c.error for b in split.buckets for layer in b.heads for c in layer if c.strategy.name != "dense"]
+    alone = [c.error for b in chosen_alone.buckets for layer in b.heads for c in layer if c.strategy.name != "dense"]
+    assert stated != alone  # the choosing prompts' own scores are not what is stated
+
+
+def test_fewer_calibration_steps_are_counted_as_a_share_of_a_generation(pipe, split_profile):
+    """4-step calibration runs of a 5-step generation: each run is 0.8 of a generation; the calls per generation
+    and the scored calls are the 5-step run's and the 4-step runs' (2 choosing prompts dense and refined, the
+    estimating prompt dense unscored and sparse scored), as `predict_work` says without running."""
+    from vidsparse.profiler.accounting import ProfilingWork, dense_generation_units, predict_work
+    from vidsparse.profiler.candidates import default_candidates
+
+    split, _ = split_profile
+    work = ProfilingWork(**split.work)
+    info = inspect_model(pipe)
+    assert work.step_fraction == pytest.approx(0.8)
+    assert (work.dense_generations, work.sparse_generations) == (3, 3)
+    assert work.calls_per_generation == 5 * 2 * info.num_layers
+    assert work.scored_calls == 2 * 2 * (info.num_layers - 1) * (2 + 2 + 1)
+    layout = VideoLayout(*split.calibration.grid)
+    predicted = predict_work(layout, default_candidates(layout), layers=info.num_layers, heads=info.num_heads,
+                             head_dim=info.head_dim, steps=5, calibration_steps=4, sampled=2, prompts=2, refine=2,
+                             estimate=1, dense_layers=1, rows=1024)
+    for name in ("dense_generations", "sparse_generations", "calls_per_generation", "step_fraction", "scored_calls",
+                 "scored_rows", "dense_plans", "plans", "dense_call_flops"):
+        assert getattr(work, name) == getattr(predicted, name), name
+    units = dense_generation_units(work, attention_share=1.0, speedup=2.0, fp64_slowdown=1.0)
+    assert units["dense"] == pytest.approx(3 * 0.8) and units["sparse"] == pytest.approx(3 * 0.8 / 2)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(calibration_steps=6), r"calibration_steps must be an integer in \[2, steps=5\]"),
+    (dict(calibration_steps=1), "calibration_steps"),
+    (dict(calibration_steps=4, warmup=1), "give warmup as a fraction"),
+    (dict(estimate=3), r"estimate must be in \[0, 2\]"),
+    (dict(estimate=-1), "estimate must be"),
+])
+def test_calibration_steps_and_estimate_are_checked(pipe, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        profile_pipeline(pipe, CALIBRATION, **GEOMETRY, progress=False, call_kwargs=CALL, **arguments)
+
+
+def _strategies(profile):
+    return [c.strategy for b in profile.buckets for layer in b.heads for c in layer]

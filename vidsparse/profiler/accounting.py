@@ -6,10 +6,14 @@ dynamic candidates it planned. `predict_work` gives the same counts for any mode
 anything (a test checks it against a recorded run), so the cost of profiling a Wan-sized model can be stated from
 the profiler's own accounting on a machine that cannot run one. `dense_generation_units` converts the counts:
 
-    units = dense generations
-          + sparse generations x (1 - a + a / x)                      a: attention's share of a dense generation,
+    units = f x dense generations                                   f: calibration steps / generated steps
+          + f x sparse generations x (1 - a + a / x)                  a: attention's share of a dense generation,
           + a x (scored-call work in dense attention calls) / calls      x: the profile's attention speed-up
             per generation
+
+The unit is one dense generation at the step count the profile is made for: calibrating a 50-step model with
+10-step runs (`calibration_steps`) makes each calibration run 0.2 of one (f), while a scored call costs the same
+whatever the step count (the scored steps are a fixed number), and the calls per generation are the full run's.
 
 A scored call adds (`scoring.score_call`): the float64 scores of its sampled rows against every key and their
 value sums (4 x rows x tokens x head_dim multiply-adds per head and batch element, against 4 x tokens^2 x head_dim
@@ -35,11 +39,14 @@ DENSE_PLANNING = ("blockified",)
 @dataclass
 class ProfilingWork:
     """Counts of one profiling run. `scoring_flops` are float64 multiply-add pairs (x2 for flops); `dense_call_flops`
-    is one dense attention call's (bfloat16 on a GPU), the unit the scoring is compared with."""
+    is one dense attention call's (bfloat16 on a GPU), the unit the scoring is compared with; `calls_per_generation`
+    counts a generation at the generated step count, and `step_fraction` is the calibration runs' share of its
+    steps (1: calibrated at the generated step count)."""
 
     dense_generations: int = 0
     sparse_generations: int = 0
     calls_per_generation: int = 0
+    step_fraction: float = 1.0
     scored_calls: int = 0
     scored_rows: int = 0
     scoring_flops: float = 0.0
@@ -86,10 +93,10 @@ def dense_generation_units(work: ProfilingWork, *, attention_share: float, speed
         raise ValueError(f"speedup must be > 0, got {speedup!r}")
     if not fp64_slowdown > 0:
         raise ValueError(f"fp64_slowdown must be > 0, got {fp64_slowdown!r}")
-    sparse = work.sparse_generations * (1 - attention_share + attention_share / speedup)
+    sparse = work.step_fraction * work.sparse_generations * (1 - attention_share + attention_share / speedup)
     calls = work.scoring_flops / max(work.dense_call_flops, 1.0) * fp64_slowdown + work.dense_plans
     scoring = attention_share * calls / max(work.calls_per_generation, 1)
-    dense = float(work.dense_generations)
+    dense = work.step_fraction * work.dense_generations
     return {"dense": dense, "sparse": sparse, "scoring": scoring, "total": dense + sparse + scoring}
 
 
@@ -109,21 +116,26 @@ def predict_work(
     rows: int = 256,
     branches: int = 2,
     masks: int | None = None,
+    calibration_steps: int | None = None,
+    estimate: int = 0,
 ) -> ProfilingWork:
     """The counts `profile_pipeline` records for this model, geometry and settings, without running it.
 
     Args:
-        sampled: denoising steps scored (`sampled_steps`' length); prompts: calibration prompts (dense runs);
+        sampled: denoising steps scored (`sampled_steps`' length); prompts: calibration prompts that choose;
         refine: prompts re-run sparse while scoring again; verify_runs: extra sparse runs for the latent error
         (0 when the refinement ran the final choice); dense_layers: layers not scored; branches: transformer
         calls per step (2 with classifier-free guidance run as two calls, as Wan does); masks: distinct block
-        masks per head and call (default: one per candidate, the most).
+        masks per head and call (default: one per candidate, the most); steps: the generated step count;
+        calibration_steps: the calibration runs' (default `steps`); estimate: prompts kept out of the choice, each
+        run dense (not scored) and sparse (scored) afterwards.
     """
     r = int(sample_rows(layout, rows).numel())
-    work = ProfilingWork(dense_generations=prompts, sparse_generations=refine + verify_runs,
-                         calls_per_generation=steps * layers * branches)
+    work = ProfilingWork(dense_generations=prompts + estimate, sparse_generations=refine + verify_runs + estimate,
+                         calls_per_generation=steps * layers * branches,
+                         step_fraction=(calibration_steps or steps) / steps)
     dynamic = [c.name for c in candidates if c.is_dynamic]
-    for _ in range((prompts + refine) * sampled * (layers - dense_layers) * branches):
+    for _ in range((prompts + refine + estimate) * sampled * (layers - dense_layers) * branches):
         work.add_scored_call(1, heads, layout.seq_len, head_dim, r, heads * (masks or len(candidates)),
                              layout.num_blocks, dynamic)
     return work

@@ -195,6 +195,8 @@ def profile_pipeline(
     name: str | None = None,
     save_qkv: tuple[str, Iterable[int]] | None = None,
     call_kwargs: dict[str, Any] | None = None,
+    calibration_steps: int | None = None,
+    estimate: int = 0,
 ) -> Profile:
     """Profile `pipe` at this geometry and return the Profile (not saved; call `.save(path)`).
 
@@ -234,11 +236,20 @@ def profile_pipeline(
         name: model name recorded in the profile (default: the pipeline's name_or_path or class).
         save_qkv: (path, layers): also write q/k/v of these layers at the sampled steps to a safetensors file.
         call_kwargs: extra arguments of the pipeline call (e.g. guidance_scale, max_sequence_length).
+        calibration_steps: denoising steps of every calibration run (default `steps`, the step count the profile is
+            made for). Buckets are fractions of the run, so a profile measured on shorter runs applies to `steps`;
+            fewer steps make each calibration run cheaper (counted in `work` as that share of a generation at
+            `steps`), so more prompts fit the same cost. The profile records the steps it was measured at.
+        estimate: the last `estimate` prompts take no part in the choice (sample splitting): after it, each runs
+            dense (its reference latents) and with the final profile while every candidate is scored, and the
+            heads' stated errors (mean, standard error, largest, bound) and the final latents' error and bound come
+            from these runs alone. The choice favours candidates whose error its own prompts under-estimated;
+            prompts it never saw measure the chosen heads without that bias. `verify` then adds no run.
     """
     selection = Selection(statistic, margin)
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         raise ValueError(f"rows must be an integer >= 1, got {rows!r}")
-    for argument, value in (("refine", 0 if refine is None else refine), ("verify", verify)):
+    for argument, value in (("refine", 0 if refine is None else refine), ("verify", verify), ("estimate", estimate)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{argument} must be an integer >= 0 (calibration prompts re-run sparse), got {value!r}")
     if isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1:
@@ -254,8 +265,18 @@ def profile_pipeline(
     if target_speedup is not None and not target_speedup > 0:
         raise ValueError(f"target_speedup must be > 0, got {target_speedup!r}")
     prompts = list(prompts)
-    if not prompts:
-        raise ValueError("give at least one calibration prompt")
+    if not 0 <= estimate < len(prompts):
+        raise ValueError(f"estimate must be in [0, {len(prompts) - 1}] (the choice needs one of the {len(prompts)} "
+                         f"prompts), got {estimate}")
+    if estimate and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise ValueError("estimate is not supported on several processes: profile on one")
+    if calibration_steps is not None and (isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int)
+                                          or not 2 <= calibration_steps <= steps):
+        raise ValueError(f"calibration_steps must be an integer in [2, steps={steps}], got {calibration_steps!r}")
+    if calibration_steps not in (None, steps) and isinstance(warmup, int) and warmup > 0:
+        raise ValueError(f"with calibration_steps, give warmup as a fraction of the steps in [0, 1) (a count of "
+                         f"{warmup} steps is another share of a {calibration_steps}-step and a {steps}-step run)")
+    generated_steps, steps = steps, calibration_steps or steps  # from here on, `steps` is every calibration run's
     started = time.perf_counter()
     info = inspect_model(pipe)
     schedule = DenseSchedule(warmup, frozenset(info.first_layers if dense_layers is None else dense_layers))
@@ -267,10 +288,11 @@ def profile_pipeline(
     if families is not None:
         families = list(families)
         default_candidates(VideoLayout(1, 1, 1), families)  # unknown names fail now, not after a generation
-    mine = _this_rank_prompts(prompts)
+    mine = _this_rank_prompts(prompts[:len(prompts) - estimate])
+    held = list(enumerate(prompts))[len(prompts) - estimate:]
     generator = torch.Generator().manual_seed(seed)
     refine = len(mine) if refine is None else min(refine, len(mine))
-    bar = _progress((len(mine) + refine) * steps, progress)
+    bar = _progress((len(mine) + refine + len(held)) * steps, progress)
 
     def calibrate(runs: list[tuple[int, str]], inner: Any = None) -> tuple[CalibrationController, list]:
         """Score candidates over `runs` (dense, or under `inner`); the final latents of each run."""
@@ -297,7 +319,7 @@ def profile_pipeline(
     try:
         controller, dense_latents = calibrate(mine)
     finally:
-        if bar is not None and not refine:
+        if bar is not None and not refine and not held:
             bar.close()
     calibration_s = time.perf_counter() - started
     layout, candidates, table = controller.layout, controller.candidates, controller.table
@@ -314,11 +336,12 @@ def profile_pipeline(
     planning = _planning_ms(candidates, table)
     cost_s = time.perf_counter() - cost_started
 
-    def select(table: ScoreTable, spread_from: ScoreTable | None = None) -> Profile:
-        """Choose from the scores of every (bucket, layer) of `table` and build the profile. With `spread_from`,
-        a table of more prompts, the spread between prompts (and the standard error) comes from it where `table`
-        has a single prompt (a refinement on one prompt knows its means but not how they move between prompts)."""
-        weights = _bucket_weights(edges, steps, warm)
+    weights = _bucket_weights(edges, steps, warm)
+
+    def scores_of(table: ScoreTable, spread_from: ScoreTable | None = None) -> list[LayerScores]:
+        """The scores of every (bucket, layer) of `table`. With `spread_from`, a table of more prompts, the spread
+        between prompts (and the standard error) comes from it where `table` has a single prompt (a refinement on
+        one prompt knows its means but not how they move between prompts)."""
         scored = []
         for b in range(len(edges) - 1):
             for layer in table_layers:
@@ -329,14 +352,21 @@ def profile_pipeline(
                     other = spread_from.mean(b, layer)
                     means.update(error_spread=other["error_spread"], error_se=other["error_se"])
                 scored.append(LayerScores(b, layer, weights[b], **means))
-        scored = pool_relative_spread(scored)
-        dense_total = steps * info.num_layers * cost.dense_ms
+        return pool_relative_spread(scored)
+
+    dense_total = steps * info.num_layers * cost.dense_ms
+
+    def choose(scored: list[LayerScores]) -> list[torch.Tensor]:
+        """Per (bucket, layer), each head's candidate index under the objective."""
         fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
         if target_speedup is not None:
-            choices = select_for_speedup(candidates, scored, cost, target_ms=dense_total / target_speedup,
-                                         fixed_ms=fixed, selection=selection)
-        else:
-            choices = select_within_budget(candidates, scored, cost, budget, selection)  # type: ignore[arg-type]
+            return select_for_speedup(candidates, scored, cost, target_ms=dense_total / target_speedup,
+                                      fixed_ms=fixed, selection=selection)
+        return select_within_budget(candidates, scored, cost, budget, selection)  # type: ignore[arg-type]
+
+    def build(scored: list[LayerScores], choices: list[torch.Tensor]) -> Profile:
+        """The profile of these choices, stating the errors, densities and speed-up of `scored`."""
+        fixed = dense_total - sum(s.weight for s in scored) * cost.dense_ms
         predicted = fixed + sum(s.weight * layer_ms(candidates, c, s, cost) for s, c in zip(scored, choices))
 
         per_bucket = _choices(candidates, scored, choices, len(edges) - 1, info.num_layers, info.num_heads, margin)
@@ -366,33 +396,53 @@ def profile_pipeline(
             summary=summary,
         )
 
-    profile = select(table)
+    scored = scores_of(table)
+    choices = choose(scored)
+    profile = build(scored, choices)
     work = controller.work
     work.dense_generations = len(mine)
-    work.calls_per_generation = controller.attention_calls // max(len(mine), 1)
+    work.calls_per_generation = controller.attention_calls * generated_steps // (steps * max(len(mine), 1))
+    work.step_fraction = steps / generated_steps
     refine_started = time.perf_counter()
     if refine:
         try:
             refined, sparse_latents = calibrate(mine[:refine], SparseController(profile.policy(), backend))
         finally:
-            if bar is not None:
+            if bar is not None and not held:
                 bar.close()
         work.merge(refined.work)
         work.sparse_generations += refine
         chosen = _strategies(profile)
-        profile = select(refined.table, spread_from=table)
+        scored = scores_of(refined.table, spread_from=table)
+        choices = choose(scored)
+        profile = build(scored, choices)
         first = [_relative_error(sparse, dense) for sparse, dense in zip(sparse_latents, dense_latents)]
         verified = first if _strategies(profile) == chosen else []  # the same choice: those runs were the verification
     else:
         verified, first = [], []
     refine_s = time.perf_counter() - refine_started
     selection_s = time.perf_counter() - started - calibration_s - cost_s - refine_s
+    estimate_started = time.perf_counter()
+    if held:  # sample splitting: the chosen heads measured on prompts the choice never saw
+        try:
+            references = [_generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames
+                          for index, prompt in held]
+            estimated, held_latents = calibrate(held, SparseController(profile.policy(), backend))
+        finally:
+            if bar is not None:
+                bar.close()
+        work.merge(estimated.work)
+        work.dense_generations += len(held)
+        work.sparse_generations += len(held)
+        profile = build(scores_of(estimated.table, spread_from=refined.table if refine else table), choices)
+        verified = [_relative_error(sparse, dense) for sparse, dense in zip(held_latents, references)]
+    estimate_s = time.perf_counter() - estimate_started
     verify_started = time.perf_counter()
     if verify or verified:
         from .validate import sparse_latent_error  # validate imports this module
 
         # The refinement's runs (when they ran the final choice) are kept, all of them: they cost nothing more.
-        extra = list(zip(mine, dense_latents))[len(verified):verify]
+        extra = [] if held else list(zip(mine, dense_latents))[len(verified):verify]
         verified = verified + [
             sparse_latent_error(pipe, SparseController(profile.policy(), backend), dense, prompt, height, width,
                                 frames, steps, seed + index, call_kwargs) for (index, prompt), dense in extra]
@@ -405,7 +455,7 @@ def profile_pipeline(
             latent_error_bound=None if bound is None else _round(bound)))
     profile.work.update(dataclasses.asdict(work))
     profile.timings.update(calibration_s=calibration_s, cost_model_s=cost_s, refine_s=refine_s,
-                           selection_s=selection_s, verify_s=time.perf_counter() - verify_started,
+                           selection_s=selection_s, estimate_s=estimate_s, verify_s=time.perf_counter() - verify_started,
                            total_s=time.perf_counter() - started)
     return profile
 

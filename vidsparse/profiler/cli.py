@@ -37,7 +37,10 @@ def register(subparsers: Any) -> None:
                                           "strategy per head, and write a profile JSON.")
     p.add_argument("--model", required=True, help="hub id, local pipeline folder, tiny-wan or tiny-<family>")
     p.add_argument("--prompts", required=True, type=Path, help="text file, one calibration prompt per line")
-    add_geometry_arguments(p, steps_help="denoising steps of the calibration runs")
+    add_geometry_arguments(p, steps_help="denoising steps the profile is made for (and of --holdout's check)")
+    p.add_argument("--calibration-steps", type=int, default=None,
+                   help="denoising steps of the calibration runs (default --steps): buckets are fractions of the run, "
+                        "so 10-step runs profile a 50-step model at a fifth of the cost per prompt")
     objective = p.add_mutually_exclusive_group()
     objective.add_argument("--budget", type=_budget, default=None,
                            help="per-head error budget, e.g. error=0.05 (default 0.05)")
@@ -66,6 +69,10 @@ def register(subparsers: Any) -> None:
                         "sparse generation's activations; the final choice uses these scores (default: all; 0: none)")
     p.add_argument("--verify", type=int, default=1,
                    help="calibration prompts re-run sparse to state the final latents' error (default 1; 0: none)")
+    p.add_argument("--estimate", type=int, default=0,
+                   help="of the calibration prompts, the last N take no part in the choice: run afterwards with the "
+                        "final profile, they alone state the heads' errors and the final latents' (sample splitting: "
+                        "no winner's bias; --verify then adds no run; default 0)")
     p.add_argument("--families", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="comma-separated strategy families to consider (default: all)")
     p.add_argument("--cost", choices=("measured", "ideal"), default="measured",
@@ -192,6 +199,7 @@ def run_profile(args: argparse.Namespace) -> int:
         rows=args.rows, statistic=args.statistic, margin=args.margin, refine=args.refine, verify=args.verify,
         families=args.families, backend=args.backend, cost_model=args.cost, name=name,
         save_qkv=(args.save_qkv, args.save_qkv_layers) if args.save_qkv else None, call_kwargs=call_kwargs,
+        calibration_steps=args.calibration_steps, estimate=args.estimate,
     )
     if _rank() != 0:  # several processes: rank 0 writes the one profile and reports
         return 0
