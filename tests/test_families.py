@@ -11,7 +11,7 @@ import torch
 
 from vidsparse.families import available_families, find_family
 from vidsparse.patch import inspect_model, install, uninstall
-from vidsparse.testing import tiny_call, tiny_pipeline
+from vidsparse.testing import TINY_CALL, tiny_call, tiny_pipeline
 
 PROMPTS = ["a fox", "a red fox running in the snow"]
 
@@ -118,6 +118,8 @@ def test_wan_ti2v_bare_transformer_steps_from_per_token_timesteps():
 
 
 def test_every_family_has_a_tiny_pipeline_and_is_found():
-    for family in available_families():
+    # MiniMax-H3's pipelines are modular only (Qwen3-VL encoder, video and audio VAEs): tested on its transformer.
+    assert set(available_families()) - set(TINY_CALL) == {"minimax_h3"}
+    for family in sorted(set(available_families()) & set(TINY_CALL)):
         pipe = tiny_pipeline(family)
         assert find_family(pipe.transformer).name == family

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from vidsparse.cli import main
-from vidsparse.families import available_families
 from vidsparse.patch import inspect_model, install, uninstall
 from vidsparse.support import describe_support, load_for_inspection
-from vidsparse.testing import tiny_pipeline
+from vidsparse.testing import TINY_CALL, tiny_pipeline
 
 
 def patched_names(pipe) -> set[str]:
@@ -33,7 +32,7 @@ def expand(groups) -> int:
     return sum(group.count for group in groups)
 
 
-@pytest.mark.parametrize("family", available_families())
+@pytest.mark.parametrize("family", sorted(TINY_CALL))  # MiniMax-H3 (no tiny pipeline): test_family_minimax_h3.py
 def test_sparse_modules_are_the_ones_install_patches(family):
     pipe = tiny_pipeline(family)
     report = describe_support(pipe)
@@ -109,3 +108,39 @@ def test_framepack_is_supported_and_reports_its_sparse_modules(tmp_path, capsys)
         "has_image_proj": True, "image_proj_dim": 1152}))
     assert main(["inspect-model", str(tmp_path)]) == 0
     assert "supported (family hunyuan): 60 self-attention layers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("class_name, expected", [
+    # Default configs of the released checkpoints' geometry: (family, layers, heads, head_dim).
+    ("ChronoEditTransformer3DModel", ("wan", 40, 40, 128)),
+    ("ConsisIDTransformer3DModel", ("cogvideox", 30, 30, 64)),
+    ("HeliosTransformer3DModel", ("helios", 40, 40, 128)),
+    ("AnyFlowTransformer3DModel", ("anyflow", 40, 40, 128)),
+    ("MiniMaxH3Transformer3DModel", ("minimax_h3", 50, 56, 128)),
+])
+def test_transformer_folder_of_a_newly_examined_class_is_supported(tmp_path, capsys, class_name, expected):
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": class_name}))
+    info = describe_support(load_for_inspection(str(tmp_path))).info
+    assert (info.family, info.num_layers, info.num_heads, info.head_dim) == expected
+    assert main(["inspect-model", str(tmp_path)]) == 0
+    assert f"supported (family {expected[0]}): {expected[1]} self-attention layers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("class_name, config, reason", [
+    # Latte-1's geometry (its constructor defaults leave the sample size unset).
+    ("LatteTransformer3DModel", dict(sample_size=64, patch_size=2, in_channels=4, out_channels=8,
+                                     num_attention_heads=16, attention_head_dim=72, num_layers=28,
+                                     cross_attention_dim=1152, caption_channels=4096, norm_type="ada_norm_single",
+                                     video_length=16), "factorized"),
+    ("AnyFlowFARTransformer3DModel", {}, "block-causal"),
+])
+def test_models_left_alone_are_refused_with_the_reason(tmp_path, capsys, class_name, config, reason):
+    import vidsparse
+    from vidsparse.runtime import PatchError
+
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": class_name, **config}))
+    assert main(["inspect-model", str(tmp_path)]) == 1
+    assert reason in capsys.readouterr().out
+    with pytest.raises(PatchError, match=f"{class_name} is not supported by vidsparse: .*{reason}"):
+        vidsparse.patch(load_for_inspection(str(tmp_path)))
+

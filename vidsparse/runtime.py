@@ -324,8 +324,12 @@ def _targets(transformers: list[torch.nn.Module], family: str | None) -> list[_T
     for transformer in transformers:
         fam = get_family(family) if family is not None else find_family(transformer)
         if fam is None or not fam.matches(transformer):
+            from .support import NOT_APPLICABLE  # why a known model is left alone (support imports this module)
+
             what = f"family {family!r}" if family is not None else "vidsparse"
+            reason = NOT_APPLICABLE.get(type(transformer).__name__)
             raise PatchError(
+                f"{type(transformer).__name__} is not supported by {what}: {reason}" if reason is not None else
                 f"{type(transformer).__name__} is not supported by {what}; supported transformers: "
                 f"{', '.join(supported_classes())}"
             )

@@ -45,6 +45,12 @@ NOT_APPLICABLE: dict[str, str] = {
     "[generation, reference] tokens)",
     "SanaWMTransformer3DModel": "its softmax layers are plain modules calling SDPA in their forward, not diffusers "
     "attention processors the runtime could rebind (its other layers are linear GDN attention)",
+    "LatteTransformer3DModel": "its attention is factorized, not spatio-temporal: spatial blocks attend within one "
+    "frame (each frame its own sequence of height x width tokens, 1,024 at 512 px) and temporal blocks across the "
+    "frames at one position (16 tokens); block-sparse plans over a frame grid have no joint sequence to thin out",
+    "AnyFlowFARTransformer3DModel": "its self-attention is block-causal over frame chunks (a flex BlockMask from its "
+    "own processor, which requires the flex backend) with a KV cache of compressed past frames, not one bidirectional "
+    "attention over a grid; the bidirectional AnyFlowTransformer3DModel is supported",
 }
 
 

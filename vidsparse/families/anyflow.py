@@ -5,8 +5,9 @@ cross-attention, which stays dense. `AnyFlowAttnProcessor` calls `dispatch_atten
 norms and the 3D RoPE, with no mask. The latent arrives per frame, [B, F, C, H, W], divided by `config.patch_size`.
 In video-to-video the conditioning frames are the first latent frames of the same grid (their timestep is 0).
 
-The FAR variant (`AnyFlowFARTransformer3DModel`, a separate class) is not supported: its self-attention is block-causal over frame
-chunks through a flex BlockMask with a KV cache of compressed past frames (see vidsparse.support.NOT_APPLICABLE).
+The FAR variant (`AnyFlowFARTransformer3DModel`, a separate class) is not supported: its self-attention is
+block-causal over frame chunks through a flex BlockMask with a KV cache of compressed past frames (see
+vidsparse.support.NOT_APPLICABLE).
 """
 
 from __future__ import annotations

@@ -36,8 +36,7 @@ def _anyflow(variant: str | None, overrides: dict[str, Any]) -> Any:
 
     check_variant("anyflow", variant, ANYFLOW_VARIANTS)
     config = dict(_WAN_TRANSFORMER)
-    for key in ("qk_norm",):
-        config.pop(key)  # AnyFlow's attention always normalises q and k
+    config.pop("qk_norm")  # AnyFlow's attention always normalises q and k
     config.update(overrides)
     return AnyFlowPipeline(
         tokenizer=_t5_tokenizer(64), text_encoder=_umt5_encoder(), vae=_wan_vae().eval(),
