@@ -24,6 +24,7 @@ from test_patch import SPARSE, check_against_oracle, sparse_recorder
 import vidsparse
 from vidsparse.controller import DenseSchedule, SparseController, StrategyPolicy
 from vidsparse.patch import PatchError, inspect_model, install, installed_controller, uninstall
+from vidsparse.runtime import BypassWarning
 from vidsparse.strategies import get
 from vidsparse.support import describe_support
 from vidsparse.testing.modular_pipelines import modular_pipeline_classes
@@ -159,17 +160,32 @@ def test_modular_pipeline_without_a_loaded_transformer_is_refused():
         describe_support(pipe)
 
 
-def test_transformer_replaced_after_patch_is_unpatched_through_the_patched_one():
+def test_transformer_replaced_after_patch_warns_and_is_unpatched_through_the_patched_one():
     pipe, call = tiny_pipeline_of("WanModularPipeline")
     patched, before = pipe.transformer, _state(pipe)
     vidsparse.patch(pipe, strategy=SPARSE)
     pipe.update_components(transformer=type(patched)(**patched.config).eval())
+    with pytest.warns(BypassWarning, match="the transformer of this WanModularPipeline was loaded or replaced"):
+        _latents(pipe, call)
     with pytest.raises(PatchError, match="pass the patched transformer to vidsparse.unpatch"):
         vidsparse.unpatch(pipe)
     vidsparse.unpatch(patched)  # removes the whole installation: its processors, its hook and the scheduler's wrappers
     assert installed_controller(patched) is None
     pipe.update_components(transformer=patched)
     assert _state(pipe) == before
+
+
+def test_second_expert_loaded_after_patch_warns():
+    pipe, call = tiny_pipeline_of("Wan22ModularPipeline")
+    expert = pipe.transformer_2
+    pipe.update_components(transformer_2=None)
+    vidsparse.patch(pipe, strategy=SPARSE)
+    try:
+        pipe.update_components(transformer_2=expert)
+        with pytest.warns(BypassWarning, match="the transformer_2 of this Wan22ModularPipeline"):
+            _latents(pipe, call)
+    finally:
+        vidsparse.unpatch(pipe)
 
 
 def test_pipelines_sharing_components_share_the_installation():

@@ -133,6 +133,7 @@ class _SchedulerStepTracker:
         self.count: int | None = None
         self.num_steps: int | None = None
         self.progress: list | None = None  # [updates, total] of the pipeline's progress bar opened since set_timesteps
+        self.on_start: Callable[[], None] | None = None  # called when a pipeline call sets its timesteps
         self._saved: list[tuple[Any, str, Any]] = []  # (object, attribute, its own value before, or _MISSING)
 
     def _replace(self, obj: Any, name: str, value: Any) -> None:
@@ -147,6 +148,8 @@ class _SchedulerStepTracker:
         def tracked_set_timesteps(*args: Any, **kwargs: Any) -> Any:
             out = set_timesteps(*args, **kwargs)
             self.count, self.num_steps, self.progress = 0, len(sch.timesteps), None
+            if self.on_start is not None:
+                self.on_start()
             return out
 
         @functools.wraps(step)
@@ -392,7 +395,10 @@ def install(pipe_or_transformer: Any, controller: AttentionController, *, family
         )
     targets = _targets(transformers, family)
     tracker = _SchedulerStepTracker(scheduler, pipe_or_transformer) if scheduler is not None else _TimestepTracker()
-    _Installation(targets, tracker, controller).apply()
+    installation = _Installation(targets, tracker, controller)
+    if scheduler is not None:
+        tracker.on_start = functools.partial(installation.check_transformers, pipe_or_transformer)
+    installation.apply()
 
 
 def uninstall(pipe_or_transformer: Any) -> None:
@@ -412,7 +418,8 @@ def uninstall(pipe_or_transformer: Any) -> None:
 
 
 class BypassWarning(UserWarning):
-    """A patched layer's attention processor was replaced after `patch`: that layer runs without vidsparse."""
+    """A patched layer's attention processor, or a patched pipeline's transformer, was replaced after `patch`: that
+    layer or transformer runs without vidsparse."""
 
 
 @dataclass(frozen=True)
@@ -515,6 +522,21 @@ class _Installation:
                 f"replaced after vidsparse.patch (set_attn_processor, fuse_qkv_projections, ...); those layers now run "
                 f"without vidsparse. Call vidsparse.unpatch(...) and vidsparse.patch(...) again to make them sparse.",
                 BypassWarning, stacklevel=2,
+            )
+
+    def check_transformers(self, pipeline: Any) -> None:
+        """Warn once if the pipeline holds a transformer this installation did not patch (loaded or swapped in after
+        `patch`: `update_components`, assignment). vidsparse hooks modules, not the pipeline's attributes, so it would
+        run without vidsparse, silently."""
+        patched = {id(model.transformer) for model in self.models}
+        held = {name: getattr(pipeline, name, None) for name in ("transformer", "transformer_2")}
+        new = [name for name, t in held.items() if isinstance(t, torch.nn.Module) and id(_unwrap(t)) not in patched]
+        if new and "transformers" not in self._warned:
+            self._warned.add("transformers")
+            warnings.warn(
+                f"vidsparse: the {' and '.join(new)} of this {type(pipeline).__name__} was loaded or replaced after "
+                f"vidsparse.patch and runs without vidsparse. Call vidsparse.unpatch on the patched transformer, then "
+                f"vidsparse.patch(pipe) again.", BypassWarning, stacklevel=3,
             )
 
     def warn_once(self, reason: str, layer: int) -> None:
