@@ -16,7 +16,8 @@ How a call flows, for one patched self-attention module:
 4. If a patched module's processor is replaced after `patch` (`set_attn_processor`, `fuse_qkv_projections`), the
    next forward warns once, naming the layers that now run without vidsparse; `unpatch` and `patch` again to
    re-install. A patched processor that escapes (saved by the user, put back after `unpatch`) runs the model's own
-   kernel.
+   kernel. Likewise a transformer loaded or swapped into a patched pipeline after `patch` (`update_components` of a
+   modular pipeline, assignment) warns once when the next pipeline call sets its timesteps.
 
 Key-padding masks (HunyuanVideo pads text and masks the padded keys for every query): the batch is split by
 valid length, the controller sees each group trimmed to its valid tokens (padded keys dropped, which is exactly
