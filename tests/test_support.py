@@ -32,7 +32,7 @@ def expand(groups) -> int:
     return sum(group.count for group in groups)
 
 
-@pytest.mark.parametrize("family", sorted(TINY_CALL))  # MiniMax-H3 (no tiny pipeline): test_family_minimax_h3.py
+@pytest.mark.parametrize("family", sorted(TINY_CALL))  # no tiny pipeline: MiniMax-H3, JoyImage Edit (test_family_*)
 def test_sparse_modules_are_the_ones_install_patches(family):
     pipe = tiny_pipeline(family)
     report = describe_support(pipe)
@@ -117,6 +117,7 @@ def test_framepack_is_supported_and_reports_its_sparse_modules(tmp_path, capsys)
     ("HeliosTransformer3DModel", ("helios", 40, 40, 128)),
     ("AnyFlowTransformer3DModel", ("anyflow", 40, 40, 128)),
     ("MiniMaxH3Transformer3DModel", ("minimax_h3", 50, 56, 128)),
+    ("JoyImageEditTransformer3DModel", ("joyimage", 20, 24, 128)),
 ])
 def test_transformer_folder_of_a_newly_examined_class_is_supported(tmp_path, capsys, class_name, expected):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": class_name}))
@@ -133,6 +134,7 @@ def test_transformer_folder_of_a_newly_examined_class_is_supported(tmp_path, cap
                                      cross_attention_dim=1152, caption_channels=4096, norm_type="ada_norm_single",
                                      video_length=16), "factorized"),
     ("AnyFlowFARTransformer3DModel", {}, "block-causal"),
+    ("JoyImageEditPlusTransformer3DModel", {}, "different sizes"),
 ])
 def test_models_left_alone_are_refused_with_the_reason(tmp_path, capsys, class_name, config, reason):
     import vidsparse

@@ -51,6 +51,9 @@ NOT_APPLICABLE: dict[str, str] = {
     "AnyFlowFARTransformer3DModel": "its self-attention is block-causal over frame chunks (a flex BlockMask from its "
     "own processor, which requires the flex backend) with a KV cache of compressed past frames, not one bidirectional "
     "attention over a grid; the bidirectional AnyFlowTransformer3DModel is supported",
+    "JoyImageEditPlusTransformer3DModel": "it packs the target and reference images, of different sizes, as one token "
+    "list padded per batch entry (their own RoPE offsets, a mask over [images, padding, text]): there is no single "
+    "latent grid to tile; JoyImageEditTransformer3DModel (items of one size) is supported",
 }
 
 
