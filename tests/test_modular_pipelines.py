@@ -7,8 +7,9 @@ classifier-free guidance through the guider), and for the auto blocks of LTX and
 (text-to-video, image-to-video, conditions, in-context reference video):
 1. patched at full density through vidsparse's kernel, its latents are the unpatched pipeline's;
 2. patched sparse with one dense warm-up step: no DenseFallbackWarning, every call on the expected grid, the step
-   counter sees steps 0 and 1 of 2 with the same calls in each (every guider branch, every layer of the expert that
-   runs), step 0 dense and step 1 sparse, and each sparse layer equals float64 attention masked by its plan;
+   counter sees steps 0 and 1 of 2 (Echo, without a scheduler: 0 to 7 of an unknown number) with the same calls in
+   each (every guider branch, every layer of the expert that runs), step 0 dense and the later ones sparse, and each
+   sparse layer equals float64 attention masked by its plan;
 3. unpatched, processors, hooks and scheduler are the originals and the output is bitwise the unpatched one.
 """
 
@@ -43,6 +44,7 @@ GRIDS = {
     # Tiny LTX-2 VAE 2x in time and space: 9 frames at 32 px -> 5 x 16 x 16 (audio tokens stay dense).
     "LTX2ModularPipeline": (5, 16, 16),
     "LTX25ModularPipeline": (5, 16, 16),
+    "EchoModularPipeline": (7, 16, 16),  # + the 2 memory images' latent frames, before the generated ones
     # Tiny HunyuanVideo 1.5 VAE 2x in time, 4x in space: 9 frames at 64 px -> 5 x 16 x 16.
     "HunyuanVideo15ModularPipeline": (5, 16, 16),
 }
@@ -73,8 +75,12 @@ WORKFLOWS = {
 }
 CASES = [(name, None) for name in sorted(GRIDS)] + sorted(WORKFLOWS)
 
-#: class -> transformer calls per denoising step: the guider's conditions (LTX-2's guider runs 4 passes).
-BRANCHES = {"LTX2ModularPipeline": 4, "LTX25ModularPipeline": 4}
+#: class -> transformer calls per denoising step: the guider's conditions (LTX-2's guider runs 4 passes; Echo has none).
+BRANCHES = {"LTX2ModularPipeline": 4, "LTX25ModularPipeline": 4, "EchoModularPipeline": 1}
+
+#: class -> (steps, number of steps the counter reports). Echo has no scheduler: its steps are counted from the
+#: transformer's timestep input, and their number is unknown (None), as for a bare transformer.
+STEPS = {"EchoModularPipeline": (8, None)}
 
 #: A neighborhood window wider than any tiny grid: every block kept, computed by vidsparse's kernel.
 FULL = ("neighborhood", {"window": 64})
@@ -92,7 +98,8 @@ def _state(pipe) -> tuple:
     transformers = [t for t in transformers if t is not None]
     processors = [m.processor for t in transformers for m in t.modules() if hasattr(m, "processor")]
     hooks = [dict(t._forward_pre_hooks) for t in transformers]
-    return processors, hooks, {key for key, value in vars(pipe.scheduler).items() if callable(value)}
+    scheduler = getattr(pipe, "scheduler", None)
+    return processors, hooks, {key for key, value in vars(scheduler or object).items() if callable(value)}
 
 
 def test_every_modular_pipeline_class_is_covered():
@@ -120,18 +127,19 @@ def test_modular_pipeline_runs_sparse_counts_steps_and_unpatches(name, workflow)
     assert torch.isfinite(out).all() and not torch.allclose(out, reference, atol=1e-4)
     calls = [c for c, _ in recorder.calls]
     assert {c.layout.grid for c in calls} == {grid}
+    steps, num_steps = STEPS.get(name, (2, 2))
     per_step = collections.Counter(c.step for c in calls)
-    assert set(per_step) == {0, 1} and {c.num_steps for c in calls} == {2}
+    assert set(per_step) == set(range(steps)) and {c.num_steps for c in calls} == {num_steps}
     info = inspect_model(pipe)
     # Every layer of the expert that runs the step (Wan 2.2: `transformer`, then `transformer_2`), once per branch.
-    for step in (0, 1):
+    for step in range(steps):
         layers = collections.Counter(c.layer for c in calls if c.step == step)
         assert len(set(layers.values())) == 1 and set(layers.values()) == {BRANCHES.get(name, 2)}
         expert = min(step, len(info.layers_per_transformer) - 1)
         first = info.first_layers[expert]
         assert set(layers) == set(range(first, first + info.layers_per_transformer[expert]))
     assert recorder.inner.stats["dense_calls"] == per_step[0]
-    assert recorder.inner.stats["sparse_calls"] == per_step[1] > 0
+    assert recorder.inner.stats["sparse_calls"] == len(calls) - per_step[0] > 0
     check_against_oracle(recorder)
 
     assert _state(pipe) == before

@@ -1,5 +1,5 @@
 """A tiny runnable instance of every diffusers *modular* pipeline class of a supported family (Wan 2.1 / 2.2, LTX-Video,
-LTX-2 / 2.5, HunyuanVideo 1.5), built as a user builds one: the class on the family's blocks
+LTX-2 / 2.5 and Echo, HunyuanVideo 1.5), built as a user builds one: the class on the family's blocks
 (`Wan22ModularPipeline(blocks=Wan22Blocks())`; `blocks.init_pipeline()` picks the Wan 2.2 classes only from a
 checkpoint's config), then `update_components(...)` with tiny models from configs (those of `tiny_pipeline` and of the
 classic pipeline classes). Registered with `tiny_pipeline_of`, next to the classic classes.
@@ -8,8 +8,9 @@ classic pipeline classes). Registered with `tiny_pipeline_of`, next to the class
     latents = pipe(**call, output="latents")
 
 Where a text encoder cannot run offline (Wan's prompt cleaning needs ftfy, which is not a dependency; LTX-2's Gemma and
-HunyuanVideo 1.5's Qwen tokenizers cannot be built from configs) its block is removed from the blocks, the modular way of running text encoding separately, and the call passes the embeddings that block
-would produce. Each call runs 2 denoising steps with classifier-free guidance (the guider's two conditions).
+HunyuanVideo 1.5's Qwen tokenizers cannot be built from configs) its block is removed from the blocks, the modular way
+of running text encoding separately, and the call passes the embeddings that block would produce. Each call runs 2 denoising steps with classifier-free guidance (the guider's conditions), except
+Echo's (see `_echo`).
 """
 
 from __future__ import annotations
@@ -114,20 +115,38 @@ def _ltx(class_name: str) -> tuple[Any, dict[str, Any]]:
 
 
 # ----- LTX-2 / 2.5 ---------------------------------------------------------------------------------------------
-@_builder("LTX2ModularPipeline", "LTX25ModularPipeline")
-def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
-    """LTX2Pipeline's tiny components without the Gemma text encoder: the call passes its stacked hidden states, which
-    the blocks' connector step reads. 9 frames at 32 px -> 5 x 16 x 16 video tokens (audio stays dense)."""
-    base, base_call = tiny_pipeline_of("LTX2Pipeline")
+def _ltx2_parts() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(components, call) of LTX2Pipeline's tiny pipeline without the Gemma text encoder: the call passes its stacked
+    hidden states, which the blocks' connector step reads. 9 frames at 32 px -> 5 x 16 x 16 video tokens (audio stays
+    dense)."""
+    base, call = tiny_pipeline_of("LTX2Pipeline")
     components = _pick(base.components, "vae", "audio_vae", "connectors", "transformer", "scheduler")
     # The connector step reads only the side Gemma's tokenizer pads on (left, as the embeddings' masks are).
     components["tokenizer"] = _t5_tokenizer(64)
     components["tokenizer"].padding_side = "left"
+    return components, call
+
+
+@_builder("LTX2ModularPipeline", "LTX25ModularPipeline")
+def _ltx2(class_name: str) -> tuple[Any, dict[str, Any]]:
+    components, base_call = _ltx2_parts()
     call = _pick(base_call, "height", "width", "num_frames", "num_inference_steps", "prompt_embeds",
                  "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask")
     call.update(batch_size=1, dtype=torch.float32)  # what the removed text-encoder block also reports
     blocks = "LTX25AutoBlocks" if class_name == "LTX25ModularPipeline" else "LTX2AutoBlocks"
     return _init(class_name, blocks, components, without=("text_encoder.text_encoder", "decode")), call
+
+
+@_builder("EchoModularPipeline")
+def _echo(class_name: str) -> tuple[Any, dict[str, Any]]:
+    """Echo (long-video DMD on the LTX-2 transformer) with two memory images: their latent frames go before the 5
+    generated ones in the video tokens (7 frames of 16 x 16). It has no scheduler: its blocks step a fixed sigma
+    schedule (8 steps by default, one transformer call each, no guidance)."""
+    components, base_call = _ltx2_parts()
+    components.pop("scheduler")
+    call = dict(_pick(base_call, "height", "width", "num_frames", "prompt_embeds", "prompt_attention_mask"),
+                memory_images=_frames(2, 32))
+    return _init(class_name, "EchoBlocks", components, without=("text_encoder.encode", "decode")), call
 
 
 # ----- HunyuanVideo 1.5 ----------------------------------------------------------------------------------------
