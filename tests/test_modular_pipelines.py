@@ -217,3 +217,23 @@ def test_pipelines_sharing_components_share_the_installation():
     per_step = collections.Counter((c.step, c.num_steps) for c, _ in recorder.calls)
     assert per_step == {(0, 2): 4, (1, 2): 4}  # 2 branches x 2 layers a step
     assert recorder.inner.stats["sparse_calls"] == 4 and recorder.inner.stats["dense_calls"] == 4
+
+
+def test_echo_needs_an_int_warm_up():
+    """Echo has no scheduler, so the number of its steps is unknown: the default fractional warm-up assumes 50 steps
+    and says so; `dense_warmup_steps=2` keeps 2 of its 8 steps dense."""
+    pipe, call = tiny_pipeline_of("EchoModularPipeline")
+    controller = vidsparse.patch(pipe)
+    try:
+        with pytest.warns(UserWarning, match="number of denoising steps is unknown"):
+            _latents(pipe, call)
+    finally:
+        vidsparse.unpatch(pipe)
+    assert controller.stats["sparse_calls"] == 0
+    controller = vidsparse.patch(pipe, dense_warmup_steps=2)
+    try:
+        _latents(pipe, call)
+    finally:
+        vidsparse.unpatch(pipe)
+    # 8 steps x 2 layers: steps 0-1 dense, then layer 0 dense (the default dense first layer) and layer 1 sparse.
+    assert controller.stats["dense_calls"] == 2 * 2 + 6 and controller.stats["sparse_calls"] == 6

@@ -71,9 +71,10 @@ class DenseSchedule:
         if num_steps is None:
             if self.warmup_steps > 0:
                 warnings.warn(
-                    f"vidsparse: the number of denoising steps is unknown (a bare transformer was patched); the "
-                    f"fractional warm-up {self.warmup_steps} assumes {ASSUMED_NUM_STEPS} steps. Patch the pipeline, "
-                    f"or give dense_warmup_steps as an int.",
+                    f"vidsparse: the number of denoising steps is unknown (a bare transformer, or a pipeline without a "
+                    f"scheduler such as Echo's, was patched); the fractional warm-up {self.warmup_steps} assumes "
+                    f"{ASSUMED_NUM_STEPS} steps. Patch the pipeline (when it has a scheduler), or give "
+                    f"dense_warmup_steps as an int.",
                     stacklevel=3,
                 )
             num_steps = ASSUMED_NUM_STEPS

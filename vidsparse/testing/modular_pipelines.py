@@ -15,6 +15,7 @@ Echo's (see `_echo`).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ def _init(class_name: str, blocks_name: str, components: dict[str, Any], *, with
     import diffusers
     import diffusers.modular_pipelines
 
-    blocks = getattr(diffusers.modular_pipelines, blocks_name)()
+    # A deep copy: some blocks (Echo's text conditioning) share their sub-block dict between instances.
+    blocks = copy.deepcopy(getattr(diffusers.modular_pipelines, blocks_name)())
     for path in without:
         *parents, name = path.split(".")
         owner = blocks
