@@ -73,6 +73,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify", type=int, default=1)
     p.add_argument("--estimate", type=int, default=0,
                    help="of the --calibration prompts, the last N state the errors without choosing (default 0)")
+    p.add_argument("--latent-holdout", type=int, default=0,
+                   help="of the --calibration prompts, the last N state the latents' error without choosing")
     p.add_argument("--dense-layers", type=lambda s: [int(x) for x in s.split(",") if x.strip()], default=[],
                    help="layers kept dense (default: none)")
     p.add_argument("--warmup", type=float, default=0.2)
@@ -86,14 +88,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def wan_cost(prompts: int, refine: int, sampled: int, rows: int, verify_runs: int = 0,
-             step_fraction: float = 1.0, estimate: int = 0) -> dict[str, float]:
+             step_fraction: float = 1.0, estimate: int = 0, latent_holdout: int = 0) -> dict[str, float]:
     """Counted cost of profiling Wan 2.1 1.3B 480p with these settings, in dense generations (`step_fraction`: the
     calibration runs' steps / the generated steps, applied to Wan's 50)."""
     layout = VideoLayout(*WAN["grid"])
     work = predict_work(layout, default_candidates(layout), layers=WAN["layers"], heads=WAN["heads"],
                         head_dim=WAN["head_dim"], steps=WAN["steps"], sampled=sampled, prompts=prompts, refine=refine,
                         verify_runs=verify_runs, rows=rows, branches=WAN["branches"],
-                        calibration_steps=round(step_fraction * WAN["steps"]), estimate=estimate)
+                        calibration_steps=round(step_fraction * WAN["steps"]), estimate=estimate,
+                        latent_holdout=latent_holdout)
     units = dense_generation_units(work, attention_share=WAN_ATTENTION_SHARE, speedup=WAN_SPEEDUP,
                                    fp64_slowdown=WAN_FP64_SLOWDOWN)
     return {k: round(v, 3) for k, v in units.items()}
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=False, warmup=args.warmup, dense_layers=args.dense_layers, sample_steps=args.sample_steps,
         buckets=args.buckets, rows=args.rows, statistic=args.statistic, margin=args.margin, refine=args.refine,
         verify=args.verify, cost_model=args.cost, name=name, call_kwargs=call_kwargs,
-        calibration_steps=args.calibration_steps, estimate=args.estimate)
+        calibration_steps=args.calibration_steps, estimate=args.estimate,
+        latent_holdout=args.latent_holdout)
     print(summary_text(profile, args.save_profile), flush=True)
     if args.save_profile is not None:
         profile.save(args.save_profile)
@@ -155,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     work = ProfilingWork(**profile.work)
     counted = dense_generation_units(work, attention_share=1.0, speedup=profile.summary.predicted_speedup,
                                      fp64_slowdown=args.cpu_fp64_slowdown)
-    choosing = len(calibration) - args.estimate
+    unseen = args.estimate + args.latent_holdout
+    choosing = len(calibration) - unseen
     refine = choosing if args.refine is None else min(args.refine, choosing)
     wan = wan_cost(choosing, refine, len(profile.calibration.sampled_steps), args.rows,
-                   verify_runs=work.sparse_generations - refine - args.estimate, step_fraction=work.step_fraction,
-                   estimate=args.estimate)
+                   verify_runs=work.sparse_generations - refine - unseen, step_fraction=work.step_fraction,
+                   estimate=args.estimate, latent_holdout=args.latent_holdout)
     print(f"profiling cost: measured {check['profiling_dense_generations']:.2f} dense generations here; counted "
           f"{counted['total']:.2f} (attention-only model, float64 {args.cpu_fp64_slowdown:g}x); Wan 2.1 1.3B 480p with "
           f"these settings: {wan['total']:.2f} ({wan})")

@@ -200,14 +200,15 @@ def split_profile(pipe):
     settings = dict(**GEOMETRY, budget=BUDGET, seed=3, progress=False, sample_steps=2, rows=1024, cost_model="ideal",
                     call_kwargs=CALL, calibration_steps=4)
     return (profile_pipeline(pipe, CALIBRATION, estimate=1, **settings),
-            profile_pipeline(pipe, CALIBRATION[:2], **settings))
+            profile_pipeline(pipe, CALIBRATION[:2], **settings),
+            profile_pipeline(pipe, CALIBRATION, latent_holdout=1, **settings))
 
 
 def test_estimate_states_the_errors_of_prompts_the_choice_never_saw(pipe, split_profile):
     """Sample splitting: the choice is the one the first two prompts make alone; the stated head errors and the
     final latents' error are what the third prompt's run with that profile measures (`measure_achieved_error`: the
     patched generation, all video rows, at the calibration's sampled steps; the latents against the dense run)."""
-    split, chosen_alone = split_profile
+    split, chosen_alone, _ = split_profile
     assert split.calibration.steps == 4 and split.calibration.prompts == 3
     assert _strategies(split) == _strategies(chosen_alone)
     check = measure_achieved_error(pipe, split, [CALIBRATION[2]], **{**GEOMETRY, "steps": 4}, seed=3 + 2,
@@ -230,7 +231,7 @@ def test_fewer_calibration_steps_are_counted_as_a_share_of_a_generation(pipe, sp
     from vidsparse.profiler.accounting import ProfilingWork, dense_generation_units, predict_work
     from vidsparse.profiler.candidates import default_candidates
 
-    split, _ = split_profile
+    split, _, _ = split_profile
     work = ProfilingWork(**split.work)
     info = inspect_model(pipe)
     assert work.step_fraction == pytest.approx(0.8)
@@ -252,12 +253,30 @@ def test_fewer_calibration_steps_are_counted_as_a_share_of_a_generation(pipe, sp
     (dict(calibration_steps=6), r"calibration_steps must be an integer in \[2, steps=5\]"),
     (dict(calibration_steps=1), "calibration_steps"),
     (dict(calibration_steps=4, warmup=1), "give warmup as a fraction"),
-    (dict(estimate=3), r"estimate must be in \[0, 2\]"),
+    (dict(estimate=3), r"estimate and latent_holdout must be in \[0, 2\]"),
+    (dict(latent_holdout=3), r"must be in \[0, 2\]"),
     (dict(estimate=-1), "estimate must be"),
+    (dict(estimate=1, latent_holdout=1), "not both"),
 ])
 def test_calibration_steps_and_estimate_are_checked(pipe, arguments, message):
     with pytest.raises(ValueError, match=message):
         profile_pipeline(pipe, CALIBRATION, **GEOMETRY, progress=False, call_kwargs=CALL, **arguments)
+
+
+def test_latent_holdout_states_only_the_latents_of_an_unseen_prompt(pipe, split_profile):
+    """The choice and the heads' stated errors are the first two prompts' alone; the final latents' error is the
+    third prompt's (its dense and patched runs, as `measure_achieved_error` measures them); both its runs are
+    counted, neither scored."""
+    from vidsparse.profiler.accounting import ProfilingWork
+
+    _, chosen_alone, latent = split_profile
+    assert latent.buckets == chosen_alone.buckets
+    check = measure_achieved_error(pipe, latent, [CALIBRATION[2]], **{**GEOMETRY, "steps": 4}, seed=3 + 2,
+                                   call_kwargs=CALL)
+    assert latent.summary.latent_error == pytest.approx(check["latent_errors"][0], rel=1e-3)
+    work, alone = ProfilingWork(**latent.work), ProfilingWork(**chosen_alone.work)
+    assert work.dense_generations == 3 and work.scored_calls == alone.scored_calls
+    assert work.sparse_generations == 2 + 1  # 2 refined, 1 unseen (the refined runs state no latent error now)
 
 
 def _strategies(profile):

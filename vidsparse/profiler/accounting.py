@@ -118,6 +118,7 @@ def predict_work(
     masks: int | None = None,
     calibration_steps: int | None = None,
     estimate: int = 0,
+    latent_holdout: int = 0,
 ) -> ProfilingWork:
     """The counts `profile_pipeline` records for this model, geometry and settings, without running it.
 
@@ -128,10 +129,11 @@ def predict_work(
         calls per step (2 with classifier-free guidance run as two calls, as Wan does); masks: distinct block
         masks per head and call (default: one per candidate, the most); steps: the generated step count;
         calibration_steps: the calibration runs' (default `steps`); estimate: prompts kept out of the choice, each
-        run dense (not scored) and sparse (scored) afterwards.
+        run dense (not scored) and sparse (scored) afterwards; latent_holdout: the same, neither run scored.
     """
     r = int(sample_rows(layout, rows).numel())
-    work = ProfilingWork(dense_generations=prompts + estimate, sparse_generations=refine + verify_runs + estimate,
+    unseen = estimate + latent_holdout
+    work = ProfilingWork(dense_generations=prompts + unseen, sparse_generations=refine + verify_runs + unseen,
                          calls_per_generation=steps * layers * branches,
                          step_fraction=(calibration_steps or steps) / steps)
     dynamic = [c.name for c in candidates if c.is_dynamic]

@@ -197,6 +197,7 @@ def profile_pipeline(
     call_kwargs: dict[str, Any] | None = None,
     calibration_steps: int | None = None,
     estimate: int = 0,
+    latent_holdout: int = 0,
 ) -> Profile:
     """Profile `pipe` at this geometry and return the Profile (not saved; call `.save(path)`).
 
@@ -245,11 +246,16 @@ def profile_pipeline(
             heads' stated errors (mean, standard error, largest, bound) and the final latents' error and bound come
             from these runs alone. The choice favours candidates whose error its own prompts under-estimated;
             prompts it never saw measure the chosen heads without that bias. `verify` then adds no run.
+        latent_holdout: like `estimate` for the final latents only: the last `latent_holdout` prompts take no part
+            in the choice and each runs dense and with the final profile, unscored, to state the latents' error
+            and bound (when the refinement ran more prompts, the bound is these runs' mean error scaled by the
+            refinement's bound / mean); the heads' errors still come from the choosing prompts. Give one of the two.
     """
     selection = Selection(statistic, margin)
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
         raise ValueError(f"rows must be an integer >= 1, got {rows!r}")
-    for argument, value in (("refine", 0 if refine is None else refine), ("verify", verify), ("estimate", estimate)):
+    for argument, value in (("refine", 0 if refine is None else refine), ("verify", verify), ("estimate", estimate),
+                            ("latent_holdout", latent_holdout)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{argument} must be an integer >= 0 (calibration prompts re-run sparse), got {value!r}")
     if isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1:
@@ -265,11 +271,14 @@ def profile_pipeline(
     if target_speedup is not None and not target_speedup > 0:
         raise ValueError(f"target_speedup must be > 0, got {target_speedup!r}")
     prompts = list(prompts)
-    if not 0 <= estimate < len(prompts):
-        raise ValueError(f"estimate must be in [0, {len(prompts) - 1}] (the choice needs one of the {len(prompts)} "
-                         f"prompts), got {estimate}")
-    if estimate and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise ValueError("estimate is not supported on several processes: profile on one")
+    if estimate and latent_holdout:
+        raise ValueError(f"give estimate ({estimate}) or latent_holdout ({latent_holdout}), not both")
+    unseen = estimate or latent_holdout  # prompts kept out of the choice
+    if not 0 <= unseen < len(prompts):
+        raise ValueError(f"estimate and latent_holdout must be in [0, {len(prompts) - 1}] (the choice needs one of the "
+                         f"{len(prompts)} prompts), got {unseen}")
+    if unseen and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise ValueError("estimate and latent_holdout are not supported on several processes: profile on one")
     if calibration_steps is not None and (isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int)
                                           or not 2 <= calibration_steps <= steps):
         raise ValueError(f"calibration_steps must be an integer in [2, steps={steps}], got {calibration_steps!r}")
@@ -288,11 +297,11 @@ def profile_pipeline(
     if families is not None:
         families = list(families)
         default_candidates(VideoLayout(1, 1, 1), families)  # unknown names fail now, not after a generation
-    mine = _this_rank_prompts(prompts[:len(prompts) - estimate])
-    held = list(enumerate(prompts))[len(prompts) - estimate:]
+    mine = _this_rank_prompts(prompts[:len(prompts) - unseen])
+    held = list(enumerate(prompts))[len(prompts) - unseen:]
     generator = torch.Generator().manual_seed(seed)
     refine = len(mine) if refine is None else min(refine, len(mine))
-    bar = _progress((len(mine) + refine + len(held)) * steps, progress)
+    bar = _progress((len(mine) + refine + estimate) * steps, progress)
 
     def calibrate(runs: list[tuple[int, str]], inner: Any = None) -> tuple[CalibrationController, list]:
         """Score candidates over `runs` (dense, or under `inner`); the final latents of each run."""
@@ -319,7 +328,7 @@ def profile_pipeline(
     try:
         controller, dense_latents = calibrate(mine)
     finally:
-        if bar is not None and not refine and not held:
+        if bar is not None and not refine and not estimate:
             bar.close()
     calibration_s = time.perf_counter() - started
     layout, candidates, table = controller.layout, controller.candidates, controller.table
@@ -408,7 +417,7 @@ def profile_pipeline(
         try:
             refined, sparse_latents = calibrate(mine[:refine], SparseController(profile.policy(), backend))
         finally:
-            if bar is not None and not held:
+            if bar is not None and not estimate:
                 bar.close()
         work.merge(refined.work)
         work.sparse_generations += refine
@@ -423,19 +432,26 @@ def profile_pipeline(
     refine_s = time.perf_counter() - refine_started
     selection_s = time.perf_counter() - started - calibration_s - cost_s - refine_s
     estimate_started = time.perf_counter()
-    if held:  # sample splitting: the chosen heads measured on prompts the choice never saw
-        try:
-            references = [_generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames
-                          for index, prompt in held]
-            estimated, held_latents = calibrate(held, SparseController(profile.policy(), backend))
-        finally:
-            if bar is not None:
-                bar.close()
-        work.merge(estimated.work)
+    if held:  # sample splitting: the chosen profile measured on prompts the choice never saw
+        from .validate import sparse_latent_error  # validate imports this module
+
+        references = [_generate(pipe, prompt, height, width, frames, steps, seed + index, call_kwargs).frames
+                      for index, prompt in held]
         work.dense_generations += len(held)
         work.sparse_generations += len(held)
-        profile = build(scores_of(estimated.table, spread_from=refined.table if refine else table), choices)
-        verified = [_relative_error(sparse, dense) for sparse, dense in zip(held_latents, references)]
+        if estimate:
+            try:
+                estimated, held_latents = calibrate(held, SparseController(profile.policy(), backend))
+            finally:
+                if bar is not None:
+                    bar.close()
+            work.merge(estimated.work)
+            profile = build(scores_of(estimated.table, spread_from=refined.table if refine else table), choices)
+            verified = [_relative_error(sparse, dense) for sparse, dense in zip(held_latents, references)]
+        else:
+            verified = [sparse_latent_error(pipe, SparseController(profile.policy(), backend), dense, prompt, height,
+                                            width, frames, steps, seed + index, call_kwargs)
+                        for (index, prompt), dense in zip(held, references)]
     estimate_s = time.perf_counter() - estimate_started
     verify_started = time.perf_counter()
     if verify or verified:

@@ -73,6 +73,9 @@ def register(subparsers: Any) -> None:
                    help="of the calibration prompts, the last N take no part in the choice: run afterwards with the "
                         "final profile, they alone state the heads' errors and the final latents' (sample splitting: "
                         "no winner's bias; --verify then adds no run; default 0)")
+    p.add_argument("--latent-holdout", type=int, default=0,
+                   help="like --estimate for the final latents only: the last N calibration prompts take no part in "
+                        "the choice and state the latents' error and bound; the heads' errors come from the others")
     p.add_argument("--families", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="comma-separated strategy families to consider (default: all)")
     p.add_argument("--cost", choices=("measured", "ideal"), default="measured",
@@ -200,6 +203,7 @@ def run_profile(args: argparse.Namespace) -> int:
         families=args.families, backend=args.backend, cost_model=args.cost, name=name,
         save_qkv=(args.save_qkv, args.save_qkv_layers) if args.save_qkv else None, call_kwargs=call_kwargs,
         calibration_steps=args.calibration_steps, estimate=args.estimate,
+        latent_holdout=args.latent_holdout,
     )
     if _rank() != 0:  # several processes: rank 0 writes the one profile and reports
         return 0
