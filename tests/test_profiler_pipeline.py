@@ -172,7 +172,8 @@ def test_cli_profile_and_inspect(tmp_path, capsys):
                  "2", "--buckets", "1", "--out", str(out), "--no-progress"]
     assert main([*arguments, "--holdout", "2"]) == 2
     assert "--holdout must be in [0, 1]" in capsys.readouterr().err
-    status = main([*arguments, "--holdout", "1", "--statistic", "max", "--check-json", str(check)])
+    status = main([*arguments, "--holdout", "1", "--statistic", "max", "--check-json", str(check),
+                   "--calibration-steps", "3"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "predicted attention speed-up" in printed and "time: calibration" in printed
@@ -187,6 +188,7 @@ def test_cli_profile_and_inspect(tmp_path, capsys):
     assert profile.model.name == "tiny-wan-random"
     assert profile.hardware.cost == "ideal" and profile.calibration.prompts == 1  # the held-out one not calibrated
     assert profile.calibration.selection["statistic"] == "max"
+    assert profile.calibration.steps == 3  # calibrated on 3-step runs for the 4-step check
     broken = tmp_path / "broken.json"
     broken.write_text(out.read_text().replace('"num_heads": 2', '"num_heads": 3', 1))
     assert main(["inspect", str(broken)]) == 2
