@@ -103,6 +103,24 @@ def test_spread_and_bound_match_the_statistics_module():
     assert prediction_bound([0.1], 2.0) is None
 
 
+def test_scaled_bound_counts_the_level_runs_not_the_spread_runs():
+    """The level from one unseen run, the spread relative to the mean from five other runs: level x (1 + t x
+    relative stdev x sqrt(1 + 1/1)), wider than scaling the level by the five runs' own bound / mean (which takes the
+    level as known as their mean)."""
+    import statistics
+
+    from vidsparse.profiler.calibrate import prediction_bound, scaled_prediction_bound
+
+    spread = [0.05, 0.11, 0.07, 0.16, 0.08]
+    relative = statistics.stdev(spread) / statistics.mean(spread)
+    assert scaled_prediction_bound([0.12], spread, 2.0) == pytest.approx(0.12 * (1 + 2.869 * relative * 2 ** 0.5),
+                                                                         rel=2e-3)
+    assert scaled_prediction_bound([0.10, 0.14], spread, 2.0) == pytest.approx(
+        0.12 * (1 + 2.869 * relative * 1.5 ** 0.5), rel=2e-3)
+    assert scaled_prediction_bound([0.12], spread, 2.0) > 0.12 * prediction_bound(spread, 2.0) / statistics.mean(spread)
+    assert scaled_prediction_bound([0.12], [0.1], 2.0) is None
+
+
 @pytest.mark.parametrize("grid,text_tokens,count", [((4, 8, 16), 0, 50), ((5, 12, 20), 40, 100), ((3, 9, 17), 0, 1)])
 def test_rows_cover_every_query_block(grid, text_tokens, count):
     """Stratified rows: every block holding video tokens gets rows in proportion to its video tokens (at least

@@ -281,5 +281,27 @@ def test_latent_holdout_states_only_the_latents_of_an_unseen_prompt(pipe, split_
     assert work.sparse_generations == 2 + 1  # 2 refined, 1 unseen (the refined runs state no latent error now)
 
 
+def test_latent_holdout_bound_is_the_unseen_level_with_the_refined_runs_spread(pipe, split_profile):
+    """The stated bound from the recorded runs: the level is the unseen prompt's latent error, the spread relative to
+    the mean is that of the two refinement runs (the choice the dense runs made, run on the choosing prompts and
+    seeds), and the unseen level's own spread counts: level x (1 + t(1 dof) x relative stdev x sqrt(2))."""
+    import statistics
+
+    from scipy.stats import norm, t
+
+    _, _, latent = split_profile
+    settings = dict(**GEOMETRY, budget=BUDGET, seed=3, progress=False, sample_steps=2, rows=1024, cost_model="ideal",
+                    call_kwargs=CALL, calibration_steps=4)
+    first_choice = profile_pipeline(pipe, CALIBRATION[:2], refine=0, verify=0, **settings)
+    steps = {**GEOMETRY, "steps": 4}
+    refined = measure_achieved_error(pipe, first_choice, CALIBRATION[:2], **steps, seed=3, call_kwargs=CALL)
+    level = measure_achieved_error(pipe, latent, [CALIBRATION[2]], **steps, seed=3 + 2, call_kwargs=CALL)
+    runs, margin = refined["latent_errors"], latent.calibration.selection["margin"]
+    relative = statistics.stdev(runs) / statistics.mean(runs)
+    quantile = float(t.ppf(norm.cdf(margin), len(runs) - 1))
+    expected = level["latent_errors"][0] * (1 + quantile * relative * 2 ** 0.5)
+    assert latent.summary.latent_error_bound == pytest.approx(expected, rel=1e-3)
+
+
 def _strategies(profile):
     return [c.strategy for b in profile.buckets for layer in b.heads for c in layer]

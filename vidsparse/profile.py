@@ -37,7 +37,9 @@ the mean by the spread between generations, which the standard error of the mean
 ("mean"), error_max ("max") or error_bound ("prediction").
 `summary.latent_error` is the largest relative L2 error of the final latents of the calibration runs made with the
 final profile, and `summary.latent_error_bound` the upper prediction bound for one new generation over those runs
-(same rule; null with fewer than two runs); see `vidsparse.profiler.validate`.
+(same rule; null with fewer than two runs); when the runs stating the level are fewer than the refinement's runs
+(`--latent-holdout`, `--estimate`), the level is their mean and the spread relative to the mean the refinement runs'
+(`vidsparse.profiler.calibrate.scaled_prediction_bound`); see `vidsparse.profiler.validate`.
 
 Densities are what the kernel computes (`BlockPlan.density`: slot pairs, padding included, over real token pairs).
 Buckets cover the step fractions [0, 1) in order; step s of a run of N steps uses the bucket holding s / N, so
