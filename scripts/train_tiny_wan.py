@@ -53,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -215,6 +215,7 @@ class Run:
         self.args = args
         self.recipe = RECIPES[args.recipe]
         self.flow_mask_weight = self.recipe.default_mask_weight if args.shape_weight is None else args.shape_weight
+        self.device = torch.device(args.device)
         self.parts = build_components(self.recipe, args.seed)
         self.vae, self.transformer = self.parts["vae"], self.parts["transformer"]
         if self.recipe.vae_init is not None:
@@ -222,6 +223,9 @@ class Run:
 
             start = AutoencoderKLWan.from_pretrained(Path(__file__).resolve().parents[1] / self.recipe.vae_init)
             self.vae.load_state_dict(start.state_dict())
+        # The text encoder, the pool and the random draws stay on the CPU: a run moves between devices unchanged.
+        self.vae.to(self.device)
+        self.transformer.to(self.device)
         self.ema = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
         self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=args.vae_lr)
         self.opt = torch.optim.AdamW(self.transformer.parameters(), lr=args.lr, weight_decay=0.01)
@@ -236,12 +240,13 @@ class Run:
         self._embeds: dict[tuple[str, int], torch.Tensor] = {}
 
     def state_dict(self) -> dict:
-        return dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
+        """On the CPU, whatever device the run trains on."""
+        return on_cpu(dict(phase=self.phase, step=self.step, elapsed=self.elapsed, stats=self.stats,
                     vae=self.vae.state_dict(), vae_opt=self.vae_opt.state_dict(),
                     transformer=self.transformer.state_dict(), ema=self.ema, opt=self.opt.state_dict(),
                     gen=self.gen.get_state(), pool=self.pool, pool_masks=self.pool_masks,
                     pool_prompts=self.pool_prompts, clips_seen=self.clips_seen,
-                    args={k: v for k, v in vars(self.args).items() if k != "func"})
+                    args={k: v for k, v in vars(self.args).items() if k != "func"}))
 
     def load_state_dict(self, state: dict) -> None:
         recipe = state["args"].get("recipe", "tiny-wan")
@@ -251,7 +256,7 @@ class Run:
         self.phase, self.step, self.elapsed, self.stats = state["phase"], state["step"], state["elapsed"], state["stats"]
         self.vae.load_state_dict(state["vae"])
         self.transformer.load_state_dict(state["transformer"])
-        self.ema = state["ema"]
+        self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
         self.clips_seen = state["clips_seen"]
@@ -282,9 +287,9 @@ class Run:
             f0 = int(torch.randint(0, FRAMES - frames + 1, (1,), generator=self.gen))
             batch.append(clip_tensor(video)[:, f0:f0 + frames])
             masks.append(torch.from_numpy(mask)[None, f0:f0 + frames])
-        x = torch.stack(batch)
+        x = torch.stack(batch).to(self.device)
         recon = self.vae.decode(self.vae.encode(x).latent_dist.mean).sample
-        on_shape = torch.stack(masks)
+        on_shape = torch.stack(masks).to(self.device)
         weight = mask_weight(on_shape, self.recipe.default_mask_weight)
         loss = (((recon - x).pow(2) + (recon - x).abs()) * weight).mean()
         self.vae_opt.zero_grad(set_to_none=True)
@@ -298,7 +303,7 @@ class Run:
     @torch.no_grad()
     def encode(self, clip: torch.Tensor) -> torch.Tensor:
         """Latent mean of clips [B, 3, F, H, W]."""
-        return self.vae.encode(clip).latent_dist.mean
+        return self.vae.encode(clip.to(self.device)).latent_dist.mean.cpu()
 
     @torch.no_grad()
     def start_flow(self) -> None:
@@ -345,19 +350,20 @@ class Run:
         self.add_clip()
         filled = min(self.clips_seen, self.args.pool_size)
         idx = torch.randint(0, filled, (self.args.batch,), generator=self.gen)
-        x0 = self.pool[idx].float()
+        x0 = self.pool[idx].float().to(self.device)
         drop = torch.rand(self.args.batch, generator=self.gen) < PROMPT_DROPOUT
         prompts = ["" if d else self.pool_prompts[i] for i, d in zip(idx.tolist(), drop.tolist())]
         length = TEXT_LENGTHS[int(torch.rand(1, generator=self.gen) < 0.25)]
-        text = self.embed(prompts, length)
+        text = self.embed(prompts, length).to(self.device)
         u = torch.rand(self.args.batch, generator=self.gen)
         sigma = FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
-        noise = torch.randn(x0.shape, generator=self.gen)
+        sigma = sigma.to(self.device)
+        noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         pred = self.transformer(xt, sigma * 1000, text, return_dict=False)[0]
         error = (pred - (noise - x0)).pow(2)
-        weight = mask_weight(self.pool_masks[idx], self.flow_mask_weight)
+        weight = mask_weight(self.pool_masks[idx].to(self.device), self.flow_mask_weight)
         loss = (error * weight).mean() / weight.mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -370,6 +376,17 @@ class Run:
             for k, v in self.transformer.state_dict().items():
                 self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
         return float(error.detach().mean()), float(loss.detach())
+
+
+def on_cpu(tree: Any) -> Any:
+    """`tree` (tensors in dicts and lists) with every tensor on the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {k: on_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [on_cpu(v) for v in tree]
+    return tree
 
 
 def slim_state(state: dict) -> dict:
@@ -393,8 +410,8 @@ def train(args: argparse.Namespace) -> int:
         run.load_state_dict(torch.load(args.resume or out / "checkpoint.pt", weights_only=False))
         print(f"resumed at phase {run.phase} step {run.step}", flush=True)
     log = open(out / "log.jsonl", "a")
-    last_save = time.time()
-    while True:
+    last_save = began = time.time()
+    while args.max_minutes is None or time.time() - began < 60 * args.max_minutes:
         if run.phase == "vae" and run.step >= sum(steps for _, _, steps in run.recipe.vae_stages):
             torch.save(run.state_dict(), out / "vae_done.pt")  # to restart the transformer phase from
             run.start_flow()
@@ -403,6 +420,8 @@ def train(args: argparse.Namespace) -> int:
             break
         start = time.time()
         row = dict(phase=run.phase, step=run.step + 1)
+        if run.device.type != "cpu":
+            row["device"] = run.device.type
         if run.phase == "vae":
             row["loss"], row["shape_l1"] = run.vae_step()
         else:
@@ -575,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool-init", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--device", default="cpu", help="where the VAE and the transformer train (e.g. cuda)")
     p.add_argument("--snapshot-every", type=int, default=0,
                    help="also keep the slim state of every N-th flow step (snapshot_<step>.pt), to measure later")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",

@@ -83,7 +83,7 @@ def test_next_model_config_is_wider_and_small(train):
 def test_checkpoint_of_another_recipe_is_refused_and_model_recipe_reads_training_json(train, tmp_path):
     args = train.main.__globals__["argparse"].Namespace(
         recipe="tiny-wan", seed=0, vae_lr=1e-3, steps=1, batch=1, lr=1e-3, lr_decay_steps=0, ema=0.9,
-        shape_weight=None, pool_size=2, pool_init=1)
+        shape_weight=None, pool_size=2, pool_init=1, device="cpu")
     state = train.Run(args).state_dict()
     assert state["args"]["recipe"] == "tiny-wan"
     with pytest.raises(SystemExit, match="recipe 'tiny-wan'"):
