@@ -19,6 +19,9 @@ scripts/results/gpu_check_<device>.json), rewritten after each section so that a
     overhead     host milliseconds of one patched layer call with a no-op kernel (scripts/bench_overhead.py on the
                  device: default, mixed, blockified refresh and reuse at Wan 480p and HunyuanVideo 720p); targets
                  <= 0.3 ms per static call, <= 2 ms per dynamic call
+    tune         the Triton kernel's time at density 0.2 under each launch config of a grid (BLOCK_M 64/128, BLOCK_N
+                 32/64/128, 4/8 warps, 2-4 stages) next to the launch table's own, at the kernel section's shapes,
+                 each output compared with the table config's: the table's next entries
     syncs        host syncs of a steady-state forward (after one warm-up forward) under
                  torch.cuda.set_sync_debug_mode("warn") for dense, default and mixed, and the syncs and uploads inside
                  the patched attention op counted by vidsparse.testing.host_sync.HostSyncCounter
@@ -60,13 +63,15 @@ from bench_attention import CUDA_SHAPES, device_name, nearest_plan, sampled_erro
 from bench_overhead import FixedHeads, mixed_layer, save  # noqa: E402
 from vidsparse.attention import resolve_backend, run_plan, to_working_order  # noqa: E402
 from vidsparse.backends.flex import _compiled_flex_attention, plan_block_mask  # noqa: E402
+from vidsparse.backends.triton import triton_attention  # noqa: E402
+from vidsparse.kernels import LaunchConfig  # noqa: E402
 from vidsparse.controller import DenseSchedule, ScheduledPolicy, SparseController  # noqa: E402
 from vidsparse.layout import VideoLayout  # noqa: E402
 from vidsparse.patch import install  # noqa: E402
 from vidsparse.testing.host_sync import HostSyncCounter  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("correctness", "kernel", "overhead", "step", "compile", "syncs")
+SECTIONS = ("correctness", "kernel", "overhead", "step", "compile", "syncs", "tune")
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
 SDPA_BACKENDS = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
 
@@ -80,6 +85,9 @@ DRY_SHAPES = {"dry run: 4 x 16 x 16 +16 text, B=1 H=2 D=32 fp32": (VideoLayout(4
                                                                     torch.float32)}
 DRY_OVERHEAD = bench_overhead.Geometry("dry run: 4 x 16 x 16 +16 text (B=2, H=12, D=32)",
                                        VideoLayout(4, 16, 16, text_tokens=16), batch=2, heads=12, head_dim=32)
+TUNE_CONFIGS = [LaunchConfig(m, n, warps, stages) for m in (64, 128) for n in (32, 64, 128) for warps in (4, 8)
+                for stages in (2, 3, 4)]
+DRY_TUNE_CONFIGS = [LaunchConfig(64, 64, 4, 1)]
 # Max abs error over the float64 oracle allowed beyond twice SDPA's own (accumulation order differs).
 SLACK = {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 1e-4}
 
@@ -101,6 +109,7 @@ class Setup:
         # The CPU "auto" backend is the gather path; the dry run keeps the interpreter for the kernel sections.
         self.step_backend = "auto" if dry_run else "triton"
         self.flex = flex_attention if dry_run else _compiled_flex_attention()
+        self.tune_configs = DRY_TUNE_CONFIGS if dry_run else TUNE_CONFIGS
 
 
 def random_qkv(layout: VideoLayout, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
@@ -170,6 +179,37 @@ def kernel_speed(setup: Setup) -> list[dict]:
             add("flex", density, lambda: timed(lambda: setup.flex(qw, kw, vw, block_mask=block_mask),
                                                setup.repeats, setup.device))
     return results
+
+
+def tune_launch(setup: Setup) -> dict:
+    """Each launch config's time on one density-0.2 plan per shape, and the table's (config None) for reference."""
+    generator = torch.Generator().manual_seed(2)
+    rows, best = [], {}
+    for shape, (layout, batch, heads, head_dim, dtype) in setup.kernel_shapes.items():
+        q, k, v = random_qkv(layout, batch, heads, head_dim, dtype, setup.device, generator)
+        plan = nearest_plan(layout, heads, 0.2, generator).to(setup.device)
+        flops = 4.0 * layout.seq_len**2 * head_dim * heads * batch * plan.density()
+        scale = head_dim**-0.5
+        reference = triton_attention(q, k, v, plan, scale)
+        for config in [None, *setup.tune_configs]:
+            row: dict[str, Any] = dict(shape=shape, density=plan.density(),
+                                       config=None if config is None else list(config))
+            try:
+                run = lambda: triton_attention(q, k, v, plan, scale, config=config)  # noqa: E731
+                row["max_difference_from_table"] = float((run().float() - reference.float()).abs().max())
+                seconds = timed(run, setup.repeats, setup.device)
+                row.update(ms=seconds * 1e3, tflops=flops / seconds / 1e12)
+            except Exception as exc:  # too much shared memory for this tile, or a block size the plan refuses
+                row["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            rows.append(row)
+        timed_rows = [r for r in rows if r["shape"] == shape and "ms" in r]
+        table = next((r for r in timed_rows if r["config"] is None), None)
+        winner = min(timed_rows, key=lambda r: r["ms"], default=None)
+        if table and winner:
+            best[shape] = dict(table_ms=table["ms"], best_config=winner["config"], best_ms=winner["ms"],
+                               speedup_over_table=table["ms"] / winner["ms"])
+            print(f"  {shape}: table {table['ms']:.2f} ms, best {winner['config']} {winner['ms']:.2f} ms", flush=True)
+    return dict(rows=rows, best=best)
 
 
 def host_overhead(setup: Setup) -> list[dict]:
@@ -298,7 +338,7 @@ def run(setup: Setup, sections: list[str], out: Path) -> dict:
                     "overhead": lambda: host_overhead(setup),
                     "step": lambda: patched_steps(setup, model, inputs),
                     "compile": lambda: compiled_steps(setup, model, inputs),
-                    "syncs": lambda: host_syncs(setup, model, inputs)}[section]
+                    "syncs": lambda: host_syncs(setup, model, inputs), "tune": lambda: tune_launch(setup)}[section]
             report[section] = work()
         except Exception as exc:  # one failing section must not cost the others on a lent GPU
             traceback.print_exc()

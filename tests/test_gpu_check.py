@@ -26,7 +26,7 @@ def test_dry_run_writes_every_section(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] is True
-    sections = {"correctness", "kernel", "overhead", "step", "compile", "syncs"}
+    sections = {"correctness", "kernel", "overhead", "step", "compile", "syncs", "tune"}
     assert {"device", "versions", "date"} | sections <= set(report)
     assert {"torch", "diffusers", "triton"} <= set(report["versions"])
 
@@ -56,3 +56,8 @@ def test_dry_run_writes_every_section(tmp_path):
     layers = 4  # the tiny Wan: every layer's self-attention enters the op, layer 0 runs dense inside it
     assert syncs["default"]["op_calls"] == layers and syncs["mixed"]["op_calls"] == layers
     assert syncs["default"]["cuda_sync_warnings"] is None  # no CUDA on the dry run
+
+    tuned = report["tune"]["rows"]  # the table's config, then each forced one on the same plan
+    assert [row["config"] for row in tuned][0] is None and len(tuned) >= 2
+    for row in tuned:
+        assert "error" not in row and row["max_difference_from_table"] < 1e-5, row

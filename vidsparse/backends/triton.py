@@ -12,12 +12,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..attention import register_backend
 from ..layout import VideoLayout
 from ..plan import BlockPlan
+
+if TYPE_CHECKING:
+    from ..kernels import LaunchConfig
 
 
 def triton_available() -> bool:
@@ -35,9 +39,11 @@ def token_table(layout: VideoLayout, device: torch.device) -> torch.Tensor:
 
 @register_backend("triton")
 def triton_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float, *, out: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float, *,
+    out: torch.Tensor | None = None, config: LaunchConfig | None = None,
 ) -> torch.Tensor:
-    """Run the kernel on all batches and heads, in the model's order; writes into `out` when given."""
+    """Run the kernel on all batches and heads, in the model's order; writes into `out` when given. `config`
+    overrides the launch table (to measure other tile sizes: `scripts/gpu_check.py --sections tune`)."""
     if not triton_available():
         raise RuntimeError("backend 'triton' needs Triton with a CUDA device, or TRITON_INTERPRET=1 on the CPU")
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
@@ -47,5 +53,5 @@ def triton_attention(
     return block_sparse_attention_fwd(
         q, k, v, plan.kv_counts, plan.kv_indices, plan.kv_block_lengths(q.device),
         block_q=plan.block_q, block_k=plan.block_k, scale=scale, out=out,
-        token_table=None if plan.layout is None else token_table(plan.layout, q.device),
+        token_table=None if plan.layout is None else token_table(plan.layout, q.device), config=config,
     )
