@@ -21,7 +21,8 @@ scripts/results/gpu_check_<device>.json), rewritten after each section so that a
                  <= 0.3 ms per static call, <= 2 ms per dynamic call
     tune         the Triton kernel's time at density 0.2 under each launch config of a grid (BLOCK_M 64/128, BLOCK_N
                  32/64/128, 4/8 warps, 2-4 stages) next to the launch table's own, at the kernel section's shapes,
-                 each output compared with the table config's: the table's next entries
+                 each output compared with the table config's: the table's next entries; and the table config on
+                 tensors already in working order without the token table (timing only: the cost of the table)
     syncs        host syncs of a steady-state forward (after one warm-up forward) under
                  torch.cuda.set_sync_debug_mode("warn") for dense, default and mixed, and the syncs and uploads inside
                  the patched attention op counted by vidsparse.testing.host_sync.HostSyncCounter
@@ -37,6 +38,7 @@ Wan, torch.compile with the "eager" backend) in about a minute: it checks the sc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -184,7 +186,7 @@ def kernel_speed(setup: Setup) -> list[dict]:
 def tune_launch(setup: Setup) -> dict:
     """Each launch config's time on one density-0.2 plan per shape, and the table's (config None) for reference."""
     generator = torch.Generator().manual_seed(2)
-    rows, best = [], {}
+    rows, best, no_table_ms = [], {}, {}
     for shape, (layout, batch, heads, head_dim, dtype) in setup.kernel_shapes.items():
         q, k, v = random_qkv(layout, batch, heads, head_dim, dtype, setup.device, generator)
         plan = nearest_plan(layout, heads, 0.2, generator).to(setup.device)
@@ -202,13 +204,21 @@ def tune_launch(setup: Setup) -> dict:
             except Exception as exc:  # too much shared memory for this tile, or a block size the plan refuses
                 row["error"] = f"{type(exc).__name__}: {exc}"[:200]
             rows.append(row)
+        # The same plan on working-order tensors with no token table: what reading through the table costs.
+        # Timing only: without the layout, the packed blocks' padding keys are not masked.
+        untabled = dataclasses.replace(plan, layout=None, q_len=plan.layout.padded_len,
+                                       kv_len=plan.layout.padded_len, check=False)
+        qw, kw, vw = (to_working_order(x, plan) for x in (q, k, v))
+        seconds = timed(lambda: triton_attention(qw, kw, vw, untabled, scale), setup.repeats, setup.device)
+        no_table_ms[shape] = seconds * 1e3
         timed_rows = [r for r in rows if r["shape"] == shape and "ms" in r]
         table = next((r for r in timed_rows if r["config"] is None), None)
         winner = min(timed_rows, key=lambda r: r["ms"], default=None)
         if table and winner:
             best[shape] = dict(table_ms=table["ms"], best_config=winner["config"], best_ms=winner["ms"],
-                               speedup_over_table=table["ms"] / winner["ms"])
-            print(f"  {shape}: table {table['ms']:.2f} ms, best {winner['config']} {winner['ms']:.2f} ms", flush=True)
+                               speedup_over_table=table["ms"] / winner["ms"], no_token_table_ms=no_table_ms[shape])
+            print(f"  {shape}: table {table['ms']:.2f} ms, best {winner['config']} {winner['ms']:.2f} ms, "
+                  f"no token table {no_table_ms[shape]:.2f} ms", flush=True)
     return dict(rows=rows, best=best)
 
 

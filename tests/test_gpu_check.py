@@ -61,3 +61,4 @@ def test_dry_run_writes_every_section(tmp_path):
     assert [row["config"] for row in tuned][0] is None and len(tuned) >= 2
     for row in tuned:
         assert "error" not in row and row["max_difference_from_table"] < 1e-5, row
+    assert all(best["no_token_table_ms"] > 0 for best in report["tune"]["best"].values())
