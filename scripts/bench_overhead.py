@@ -13,19 +13,20 @@ Cases: the default strategy (static); a mixed layer (4 draft, 3 diagonal, 3 vmob
 at HunyuanVideo's 24 heads); blockified (refresh_every=10) at a refresh step and at a reuse step.
 
 Per case: median milliseconds per call over `--repeats` steady-state calls (after one warm-up call, whose time is
-reported as `first_call_ms`). `planner_ms` is the time in the controller's plan cache (selecting the dynamic heads'
-q/k and running their planner). On a CPU every op runs as it is called, so planning there is arithmetic (device
-work on a GPU) and `host_ms` is the rest: the controller's own work, including the copy of each dynamic group's plan
-into the layer's plan (small device work on a GPU). On a GPU (`--device cuda`) `host_ms` is the whole call until it
-returns, launches included, which is what the targets are about (<= 0.3 ms static, <= 2 ms dynamic), and
-`total_ms` waits for the device too. Over one more steady-state call: syncs and uploads counted by
-`vidsparse.testing.host_sync.HostSyncCounter`, and `launches`, the non-view ATen ops (about one kernel launch each
-on a GPU in eager mode, a few microseconds of host time each). Blockified's exact search is one full attention pass
-(about 15 minutes per head on this 2-core CPU, see scripts/results/bench_planning_cpu.json), so here its
-block-importance pass returns a fixed random mass and only the covering-set selection and plan building are timed
-as its planning.
+reported as `first_call_ms`). `planner_ms` is the time planning dynamic heads (`PlanningClock`: selecting their q/k,
+pooling, running their planners, building their plan). On a CPU every op runs as it is called, so planning there is
+arithmetic (device work on a GPU) and `host_ms` is the rest: the controller's own work, including the copy of the
+dynamic heads' plan into the layer's plan (small device work on a GPU). On a GPU (`--device cuda`) `host_ms` is the
+whole call until it returns, launches included, which is what the targets are about (<= 0.3 ms static, <= 2 ms
+dynamic), and `total_ms` waits for the device too. Over one more steady-state call: syncs and uploads counted by
+`vidsparse.testing.host_sync.HostSyncCounter`, and `launches`, the ATen ops that write a tensor, dtype conversions
+included (`vidsparse.testing.launches.LaunchCounter`: about one kernel launch each on a GPU in eager mode, ~20
+microseconds of host time each on the H200's host; counts saved before 2026-12-01 missed the conversions), per op
+in `launches_by_op`. Blockified's exact search is one full attention pass (about 15 minutes per head on this 2-core
+CPU, see scripts/results/bench_planning_cpu.json), so here its block-importance pass returns a fixed random mass and
+only the covering-set selection and plan building are timed as its planning.
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_overhead.py    # both geometries -> bench_overhead_cpu.json
+    OMP_NUM_THREADS=1 nice .venv/bin/python scripts/bench_overhead.py    # both geometries -> bench_overhead_cpu.json
     .venv/bin/python scripts/bench_overhead.py --geometries wan --repeats 5
     python scripts/bench_overhead.py --device cuda                # also a section of scripts/gpu_check.py
 """
@@ -45,7 +46,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import vidsparse
 from bench_attention import device_name
@@ -57,6 +57,7 @@ from vidsparse.runtime import AttentionCall
 from vidsparse.strategies import Strategy, get
 from vidsparse.strategies.blockified import Blockified
 from vidsparse.testing.host_sync import HostSyncCounter
+from vidsparse.testing.launches import LaunchCounter
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYER = 1  # a sparse layer (the default schedule keeps layer 0 dense); vmoba runs its 2D partition here
@@ -104,13 +105,16 @@ def mixed_layer(heads: int, layer: int = LAYER) -> list[Strategy]:
 
 
 class PlanningClock:
-    """Seconds the controller spends in its plan cache (`controller.reuse.plan`): for dynamic heads the selection of
-    their q/k heads and the planner (`Strategy.plan`); nothing but a cache hit at a reuse step."""
+    """Seconds the controller spends planning dynamic heads: the heads of mask planners (draft, vmoba, sampled
+    stripe) planned together (`controller._plan_masks`: selecting their q/k, pooling, the planners, the plan) and
+    the others in its plan cache (`controller.reuse.plan`; nothing but a cache hit at a reuse step)."""
 
     def __init__(self, controller: SparseController) -> None:
         self.seconds = 0.0
-        plan = controller.reuse.plan
+        controller.reuse.plan = self._timed(controller.reuse.plan)
+        controller._plan_masks = self._timed(controller._plan_masks)
 
+    def _timed(self, plan):
         def timed_plan(*args, **kwargs):
             start = time.perf_counter()
             try:
@@ -118,20 +122,7 @@ class PlanningClock:
             finally:
                 self.seconds += time.perf_counter() - start
 
-        controller.reuse.plan = timed_plan
-
-
-class LaunchCounter(TorchDispatchMode):
-    """ATen ops that are not views: about one kernel launch each on a GPU in eager mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.launches = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.launches += 1
-        return func(*args, **(kwargs or {}))
+        return timed_plan
 
 
 @contextlib.contextmanager
@@ -179,6 +170,7 @@ def measure(controller: SparseController, calls: list[AttentionCall], device: to
     return dict(first_call_ms=first * 1e3, total_ms=total * 1e3, planner_ms=planner * 1e3,
                 host_ms=statistics.median(hosts) * 1e3,
                 syncs=dict(counter.syncs), uploads=dict(counter.uploads), launches=launches.launches,
+                launches_by_op=dict(launches.by_op),
                 plans_made=controller.reuse.plans_made, plans_reused=controller.reuse.plans_reused)
 
 

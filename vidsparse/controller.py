@@ -29,6 +29,15 @@ from .plan import BlockPlan
 from .runtime import AttentionCall
 from .strategies import Strategy
 from .strategies.dense import Dense
+from .strategies.pooling import (
+    HeadInputs,
+    MaskPlanner,
+    compute_dtype,
+    dense_text_mask,
+    per_call_plan,
+    tile_means,
+    video_part,
+)
 from .strategies.reuse import PlanCache
 
 #: Step count assumed for a fractional warm-up when the number of steps is unknown (bare transformer).
@@ -217,10 +226,15 @@ class SparseController:
         self._static_density = layer_plan.static_density
         if layer_plan.whole is not None:  # one dynamic strategy on every head: its plan is the layer's
             return self.reuse.plan(layer_plan.whole, layout, q, k, key=(site, "all"), step=step)
-        if not layer_plan.groups:
-            return layer_plan.plan
-        counts, indices = layer_plan.plan.kv_counts, layer_plan.plan.kv_indices
+        if layer_plan.masks is not None:
+            planned = self._plan_masks(layer_plan.masks, layout, q, k)
+            if layer_plan.plan is None:  # the mask planners have every head, in order
+                return planned
+            counts, indices = layer_plan.plan.kv_counts, layer_plan.plan.kv_indices
+            counts.index_copy_(1, layer_plan.masks.heads, planned.kv_counts)
+            indices.index_copy_(1, layer_plan.masks.heads, planned.kv_indices)
         for strategy, heads, index in layer_plan.groups:
+            counts, indices = layer_plan.plan.kv_counts, layer_plan.plan.kv_indices
             group = self.reuse.plan(strategy, layout, q, k, key=(site, heads), step=step, heads=index)
             counts.index_copy_(1, index, group.kv_counts.expand(counts.shape[0], -1, -1))
             group_indices = group.kv_indices
@@ -228,6 +242,21 @@ class SparseController:
                 group_indices = F.pad(group_indices, (0, indices.shape[-1] - group_indices.shape[-1]))
             indices.index_copy_(1, index, group_indices.expand(indices.shape[0], -1, -1, -1))
         return layer_plan.plan
+
+    def _plan_masks(self, masks: _MaskHeads, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> BlockPlan:
+        """The plan of the layer's `MaskPlanner` heads, in `masks.heads` order: every strategy writes its heads'
+        video mask into one buffer, from q and k selected and converted once, and tile means pooled once."""
+        if masks.select:
+            q, k = q.index_select(1, masks.heads), k.index_select(1, masks.heads)
+        dtype = compute_dtype(q)
+        q, k = q.to(dtype), k.to(dtype)
+        pooled = tile_means(layout, q[:, : masks.pooled], k[:, : masks.pooled]) if masks.pooled else None
+        video = video_part(masks.buffer, layout)
+        for strategy, start, stop in masks.spans:
+            tiles = pooled[:, :, start:stop] if stop <= masks.pooled else None
+            inputs = HeadInputs(layout, q[:, start:stop], k[:, start:stop], tiles)
+            strategy.write_video_mask(inputs, video[:, start:stop])
+        return per_call_plan(masks.buffer, layout)
 
     def _layer_plan(self, layout: VideoLayout, strategies: tuple[Strategy, ...], q: torch.Tensor) -> _LayerPlan:
         dynamic = any(s.is_dynamic for s in strategies)
@@ -243,19 +272,55 @@ class SparseController:
 
 
 @dataclass
+class _MaskHeads:
+    """The heads of one layer planned by `MaskPlanner`s, together (see `SparseController._plan_masks`).
+
+    Attributes:
+        heads: int64 indices of those heads on the device, grouped by strategy, the tile-mean readers first.
+        select: whether q and k must be reduced to `heads` (False when they are all heads, in order).
+        pooled: how many of them (the first ones) read tile means.
+        spans: (strategy, start, stop) of each strategy's heads in `heads`.
+        buffer: bool [B, len(heads), M, M], text rows and columns True; the strategies overwrite its video part.
+    """
+
+    heads: torch.Tensor
+    select: bool
+    pooled: int
+    spans: list[tuple[MaskPlanner, int, int]]
+    buffer: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, layout: VideoLayout, heads_of: dict[MaskPlanner, list[int]], num_heads: int, batch: int,
+        device: torch.device,
+    ) -> _MaskHeads:
+        ordered = sorted(heads_of.items(), key=lambda item: not item[0].reads_tile_means)  # stable: first seen first
+        spans, order = [], []
+        for strategy, heads in ordered:
+            spans.append((strategy, len(order), len(order) + len(heads)))
+            order += heads
+        pooled = sum(len(heads) for strategy, heads in ordered if strategy.reads_tile_means)
+        buffer = dense_text_mask(layout, batch, len(order), device)
+        return cls(torch.tensor(order, device=device), order != list(range(num_heads)), pooled, spans, buffer)
+
+
+@dataclass
 class _LayerPlan:
     """The preassembled plan of one (layout, strategies[, batch], device).
 
     Attributes:
         plan: the layer's plan; for layers with dynamic heads its tensors are the buffers each call fills
-            (None with `whole`).
-        groups: (dynamic strategy, its heads, their indices on the device) per distinct dynamic strategy.
+            (None with `whole`, and when `masks` has every head in order).
+        groups: (dynamic strategy, its heads, their indices on the device) per distinct dynamic strategy that is
+            not a `MaskPlanner` (blockified, unions): planned group by group, through the plan cache.
+        masks: the heads of `MaskPlanner` strategies (draft, vmoba, sampled stripe), planned together, or None.
         whole: the dynamic strategy when a single one covers every head (no buffer: its plan is the layer's).
         static_density: the plan's mean density when it has no dynamic head (computed once).
     """
 
     plan: BlockPlan | None
     groups: list[tuple[Strategy, tuple[int, ...], torch.Tensor]]
+    masks: _MaskHeads | None = None
     whole: Strategy | None = None
     static_density: float | None = None
 
@@ -271,9 +336,14 @@ class _LayerPlan:
         if not heads_of:
             plan = BlockPlan.concat_heads([static[h] for h in range(len(strategies))]).to(device)
             return cls(plan, [], static_density=plan.density())
-        groups = [(s, tuple(heads), torch.tensor(heads, device=device)) for s, heads in heads_of.items()]
-        if len(groups) == 1 and not static:
-            return cls(None, groups, whole=groups[0][0])
+        if len(heads_of) == 1 and not static:
+            return cls(None, [], whole=next(iter(heads_of)))
+        masked = {s: heads for s, heads in heads_of.items() if isinstance(s, MaskPlanner)}
+        masks = _MaskHeads.build(layout, masked, len(strategies), batch, device) if masked else None
+        groups = [(s, tuple(heads), torch.tensor(heads, device=device)) for s, heads in heads_of.items()
+                  if s not in masked]
+        if masks is not None and not masks.select:
+            return cls(None, [], masks=masks)
         mq, mk = layout.num_blocks, layout.num_blocks
         counts = torch.zeros(batch, len(strategies), mq, dtype=torch.int32)
         indices = torch.zeros(batch, len(strategies), mq, mk, dtype=torch.int32)
@@ -287,4 +357,4 @@ class _LayerPlan:
             counts.to(device), indices.to(device), layout.block_size, layout.block_size, layout.seq_len,
             layout.seq_len, layout=layout, skip_heads=skip.to(device), check=False,  # filled per call by `plan`
         )
-        return cls(plan, groups)
+        return cls(plan, groups, masks)

@@ -7,16 +7,18 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device_cache import on_device
 from ..layout import VideoLayout
-from ..plan import BlockPlan
-from .base import Strategy, register_strategy
+from .base import register_strategy
 from .pooling import (
+    HeadInputs,
+    MaskPlanner,
     check_qk,
     density_with_text,
-    plan_from_video_mask,
-    pool_video_blocks,
     smallest_covering_set,
-    video_block_lengths,
+    video_block_sizes,
+    video_eye,
+    expanded_zero,
 )
 
 DEFAULT_KEEP_RATIO = 0.25
@@ -24,7 +26,7 @@ DEFAULT_KEEP_RATIO = 0.25
 
 @register_strategy
 @dataclass(frozen=True)
-class Draft(Strategy):
+class Draft(MaskPlanner):
     """Keep the key tiles that a draft (low-resolution) attention map ranks highest.
 
     Definition, per batch entry and head, over the Mv video tiles of the layout:
@@ -52,6 +54,7 @@ class Draft(Strategy):
 
     name = "draft"
     is_dynamic = True
+    reads_tile_means = True
 
     keep_ratio: float | None = None
     mass: float | None = None
@@ -69,21 +72,23 @@ class Draft(Strategy):
     def draft_map(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The low-resolution attention map P: float [B, H, Mv, Mv], rows summing to 1."""
         check_qk(self.name, layout, q, k)
-        q_tiles, k_tiles = pool_video_blocks(layout, q), pool_video_blocks(layout, k)
-        log_sizes = torch.log(video_block_lengths(layout, q.device).to(q_tiles.dtype))
-        scores = torch.matmul(q_tiles, k_tiles.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        return torch.softmax(scores + log_sizes, dim=-1)
+        return self._draft_map(HeadInputs(layout, q, k))
 
-    def _plan_dynamic(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> BlockPlan:
-        probs = self.draft_map(layout, q, k)
+    def _draft_map(self, inputs: HeadInputs) -> torch.Tensor:
+        q_tiles, k_tiles = inputs.tile_means()
+        scores = torch.matmul(q_tiles, k_tiles.transpose(-1, -2)) / math.sqrt(q_tiles.shape[-1])
+        return torch.softmax(scores + _log_sizes(inputs.layout, q_tiles.device, q_tiles.dtype), dim=-1)
+
+    def write_video_mask(self, inputs: HeadInputs, out: torch.Tensor) -> None:
+        probs = self._draft_map(inputs)
         if self.mass is not None:
             keep = smallest_covering_set(probs, self.mass)
         else:
             b, h, mv, _ = probs.shape
-            flat = probs.reshape(b, h, mv * mv)
-            top = torch.topk(flat, math.ceil(self.keep_ratio * mv * mv), dim=-1).indices
-            keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, top, True).reshape(b, h, mv, mv)
-        return plan_from_video_mask(keep, layout)
+            top = torch.topk(probs.reshape(b, h, mv * mv), math.ceil(self.keep_ratio * mv * mv), dim=-1).indices
+            keep = torch.scatter(expanded_zero((b, h, mv * mv), torch.bool, probs.device), -1, top, True)
+            keep = keep.reshape(b, h, mv, mv)
+        torch.bitwise_or(keep, video_eye(inputs.layout, probs.device), out=out)
 
     def estimate_density(self, layout: VideoLayout) -> float:
         """keep_ratio mode: the kept fraction of tiles (plus own tiles and text). mass mode: an upper bound,
@@ -91,3 +96,8 @@ class Draft(Strategy):
         mv = layout.num_video_blocks
         tiles = self.keep_ratio * mv if self.keep_ratio is not None else math.ceil(self.mass * mv)
         return density_with_text(layout, min(mv, tiles + 1) / mv)
+
+
+def _log_sizes(layout: VideoLayout, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """log n_b of every video tile, computed on the device once (the same kernel as a per-call log)."""
+    return on_device(layout, f"log_sizes_{dtype}", device, lambda: torch.log(video_block_sizes(layout, device, dtype)))

@@ -47,8 +47,8 @@ import torch
 from ..device_cache import on_device
 from ..layout import VideoLayout
 from ..plan import BlockPlan
-from .base import Strategy, register_strategy, with_dense_text
-from .pooling import per_call_plan
+from .base import register_strategy, with_dense_text
+from .pooling import HeadInputs, MaskPlanner, expanded_zero, video_eye
 
 Tile = tuple[int, int, int]
 
@@ -65,7 +65,7 @@ def _check_share(name: str, value: object) -> None:
 
 @register_strategy
 @dataclass(frozen=True)
-class Stripe(Strategy):
+class Stripe(MaskPlanner):
     """Key tiles kept by every query: first frames, sinks, explicit tiles, and/or sampled top tiles."""
 
     name = "stripe"
@@ -130,28 +130,28 @@ class Stripe(Strategy):
         positions = torch.linspace(0, layout.num_video_tokens - 1, n, dtype=torch.float64).round().long()
         return layout.video_offset + positions.unique()
 
-    def _plan_dynamic(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> BlockPlan:
-        mv = layout.num_video_blocks
-        rows = on_device((self, layout), "sampled_rows", q.device, lambda: self.sampled_rows(layout))
+    def write_video_mask(self, inputs: HeadInputs, out: torch.Tensor) -> None:
+        layout, q, k = inputs.layout, inputs.q, inputs.k
+        mv, device = layout.num_video_blocks, q.device
+        rows = on_device((self, layout), "sampled_rows", device, lambda: self.sampled_rows(layout))
         scores = torch.matmul(q[:, :, rows].float(), k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
         probs = torch.softmax(scores, dim=-1).mean(2)  # [B, H, S]
-        key_block = on_device(
-            layout, "block_of_token", q.device, lambda: layout.inverse_permutation // layout.block_size
-        )
-        block_mass = torch.zeros(*probs.shape[:2], layout.num_blocks, device=q.device).index_add_(-1, key_block, probs)
-        video_mass = block_mass[..., :mv]
-        text_mass = block_mass[..., mv:].sum(-1, keepdim=True)
-        order = torch.sort(video_mass, dim=-1, descending=True)
+        key_block = on_device(layout, "block_of_token", device, lambda: layout.inverse_permutation // layout.block_size)
+        block_mass = torch.index_add(expanded_zero((*probs.shape[:2], layout.num_blocks), probs.dtype, device), -1,
+                                     key_block, probs)
+        order = torch.sort(block_mass[..., :mv], dim=-1, descending=True)
         if self.mass is not None:
-            # Keep a tile while the mass before it is still short of the target.
-            before = text_mass + order.values.cumsum(-1) - order.values
-            keep_sorted = before < self.mass
+            # Keep a tile while the mass before it (text included) is still short of the target.
+            text_mass = block_mass[..., mv:].sum(-1, keepdim=True)
+            keep_sorted = text_mass + order.values.cumsum(-1) - order.values < self.mass
         else:
-            count = self.top_k if self.top_k is not None else math.ceil(self.fraction * mv)
-            keep_sorted = (torch.arange(mv, device=q.device) < min(count, mv)).expand_as(order.indices)
-        columns = torch.zeros_like(keep_sorted).scatter_(-1, order.indices, keep_sorted)
-        columns |= on_device((self, layout), "fixed_columns", q.device, lambda: self.fixed_columns(layout))
-        return per_call_plan(with_dense_text(_with_diagonal(columns), layout), layout)
+            count = min(self.top_k if self.top_k is not None else math.ceil(self.fraction * mv), mv)
+            first = on_device((self, layout), "first_ranks", device, lambda: torch.arange(mv) < count)
+            keep_sorted = first.expand_as(order.indices)
+        columns = keep_sorted.scatter(-1, order.indices, keep_sorted)  # `order` is a permutation: all written
+        if self.first_frames or self.sinks or self.tiles:
+            columns |= on_device((self, layout), "fixed_columns", device, lambda: self.fixed_columns(layout))
+        torch.bitwise_or(columns.unsqueeze(-2), video_eye(layout, device), out=out)  # the columns and the own tile
 
     def retiled(self, measured_tile: Tile, tile: Tile) -> "Stripe":
         if not self.tiles:

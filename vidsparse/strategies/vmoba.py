@@ -12,15 +12,16 @@ import torch
 
 from ..device_cache import on_device
 from ..layout import VideoLayout
-from ..plan import BlockPlan
-from .base import Strategy, in_tiles, register_strategy
+from .base import in_tiles, register_strategy
 from .pooling import (
+    HeadInputs,
+    MaskPlanner,
     check_qk,
     density_with_text,
-    plan_from_video_mask,
-    pool_video_blocks,
+    expanded_zero,
     smallest_covering_set,
     video_block_lengths,
+    video_block_sizes,
 )
 
 Partition = Literal["cycle", "1d", "2d", "3d"]
@@ -41,7 +42,7 @@ def _positive_ints(name: str, value: object, length: int) -> tuple[int, ...]:
 
 @register_strategy
 @dataclass(frozen=True)
-class VMoBA(Strategy):
+class VMoBA(MaskPlanner):
     """Keys grouped into chunks of tiles, each summarized by its mean key; each query block keeps the chunks
     its pooled query scores highest, always including its own chunk (VMoBA).
 
@@ -86,6 +87,7 @@ class VMoBA(Strategy):
 
     name = "vmoba"
     is_dynamic = True
+    reads_tile_means = True
 
     partition: Partition = "cycle"
     layer: int = 0
@@ -154,28 +156,51 @@ class VMoBA(Strategy):
         chunk, n_chunks = _cached_chunks(self, layout)
         return on_device((self, layout), "chunk_of_block", device, lambda: chunk), n_chunks
 
+    def _own_chunks(self, layout: VideoLayout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """bool [Mv, C]: the chunk of each video block (`own`), and its complement; once per layout and device."""
+        chunk, n_chunks = _cached_chunks(self, layout)
+
+        def own() -> torch.Tensor:  # a comparison, not one_hot, which checks its indices on the host
+            return chunk.unsqueeze(1) == torch.arange(n_chunks)
+
+        key = (self, layout)
+        return on_device(key, "own_chunk", device, own), on_device(key, "other_chunks", device, lambda: ~own())
+
+    def _chunk_sizes(self, layout: VideoLayout, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Real tokens of each chunk as floats (exact: small integers), once per layout, dtype and device."""
+        chunk, n_chunks = _cached_chunks(self, layout)
+
+        def make() -> torch.Tensor:
+            return torch.zeros(n_chunks, dtype=dtype).index_add_(0, chunk, video_block_lengths(layout).to(dtype))
+
+        return on_device((self, layout), f"chunk_sizes_{dtype}", device, make)
+
     def gates(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """g: float [B, H, Mv, C], pooled query of each video block . mean key of each chunk."""
         check_qk(self.name, layout, q, k)
-        chunk, n_chunks = self._chunk_on(layout, q.device)
-        q_tiles, k_tiles = pool_video_blocks(layout, q), pool_video_blocks(layout, k)
-        sizes = video_block_lengths(layout, q.device).to(k_tiles.dtype)
-        b, h, _, d = k_tiles.shape
-        key_sums = torch.zeros(b, h, n_chunks, d, dtype=k_tiles.dtype, device=q.device)
-        key_sums.index_add_(2, chunk, k_tiles * sizes[:, None])
-        chunk_sizes = torch.zeros(n_chunks, dtype=sizes.dtype, device=q.device).index_add_(0, chunk, sizes)
-        return torch.matmul(q_tiles, (key_sums / chunk_sizes[:, None]).transpose(-1, -2))
+        return self._gates(HeadInputs(layout, q, k))
 
-    def _plan_dynamic(self, layout: VideoLayout, q: torch.Tensor, k: torch.Tensor) -> BlockPlan:
-        gate = self.gates(layout, q, k)
-        chunk, n_chunks = self._chunk_on(layout, q.device)
-        # [Mv, C]; a comparison, not one_hot, which checks its indices on the host
-        own = chunk.unsqueeze(1) == torch.arange(n_chunks, device=chunk.device)
+    def _gates(self, inputs: HeadInputs) -> torch.Tensor:
+        layout = inputs.layout
+        q_tiles, k_tiles = inputs.tile_means()
+        device, dtype = k_tiles.device, k_tiles.dtype
+        chunk, n_chunks = self._chunk_on(layout, device)
+        b, h, _, d = k_tiles.shape
+        sizes = video_block_sizes(layout, device, dtype)
+        zero = expanded_zero((b, h, n_chunks, d), dtype, device)
+        key_sums = torch.index_add(zero, 2, chunk, k_tiles * sizes[:, None])
+        return torch.matmul(q_tiles, (key_sums / self._chunk_sizes(layout, device, dtype)[:, None]).transpose(-1, -2))
+
+    def write_video_mask(self, inputs: HeadInputs, out: torch.Tensor) -> None:
+        gate = self._gates(inputs)
+        chunk, _ = self._chunk_on(inputs.layout, gate.device)
+        own, others = self._own_chunks(inputs.layout, gate.device)
         if self.select_mode == "topk":
             chosen = self._select_topk(gate, own)
         else:
-            chosen = self._select_threshold(gate, own)
-        return plan_from_video_mask(chosen[..., chunk], layout)
+            chosen = self._select_threshold(gate, own, others)
+        # A kept chunk keeps all its blocks; the own chunk is always kept, so each block keeps itself.
+        torch.index_select(chosen, -1, chunk, out=out)
 
     def _select_topk(self, gate: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         b, h, mv, c = gate.shape
@@ -187,25 +212,27 @@ class VMoBA(Strategy):
             flat = others
             n = min(self.topk - 1, c - 1)
         top = torch.topk(flat, n, dim=-1).indices
-        chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, top, True)
+        chosen = torch.scatter(expanded_zero(flat.shape, torch.bool, gate.device), -1, top, True)
         return chosen.reshape(b, h, mv, c) | own
 
-    def _select_threshold(self, gate: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    def _select_threshold(self, gate: torch.Tensor, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         b, h, mv, c = gate.shape
-        group = (-1,) if self.threshold_type == "query_head" else (-2, -1)
-        low, high = gate.amin(dim=group, keepdim=True), gate.amax(dim=group, keepdim=True)
-        flat_gates = (high - low) <= 0  # every gate of the group equal: no preference, keep all
-        w = (gate - low) / torch.where(flat_gates, 1.0, high - low)
+        query_head = self.threshold_type == "query_head"
+        group = (-1,) if query_head else (-2, -1)
+        low, high = torch.aminmax(gate if query_head else gate.reshape(b, h, 1, mv * c), dim=-1, keepdim=True)
+        span = high - low
+        # Every gate of the group equal: w is 0 everywhere and the covering set below keeps every chunk.
+        w = (gate - low) / torch.where(span <= 0, 1.0, span)
         total = w.sum(dim=group, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny)
         own_share = (w * own).sum(dim=group, keepdim=True) / total
-        others = (w * ~own) / total
-        if self.threshold_type == "query_head":
+        others = (w * other) / total
+        if query_head:
             chosen = smallest_covering_set(others, self.simsum_threshold, base=own_share.squeeze(-1))
         else:
             chosen = smallest_covering_set(
                 others.reshape(b, h, mv * c), self.simsum_threshold, base=own_share.reshape(b, h)
             ).reshape(b, h, mv, c)
-        return chosen | own | flat_gates
+        return chosen | own
 
     def estimate_density(self, layout: VideoLayout) -> float:
         """topk: topk chunks of average size. threshold: an upper bound, own chunk + ceil(t * C) others."""
