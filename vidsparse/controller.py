@@ -140,11 +140,13 @@ class SparseController:
     data, so the CPU can queue a whole denoising step ahead of the device.
     - Static heads: one plan per (layout, strategies, device), validated when first built, then cached on the
       device with its density.
-    - Dynamic heads (draft, sampled stripe, vmoba, blockified): heads sharing a strategy are planned together
-      from the call's q and k; each group's plan is copied into one preallocated [B, H, Mq, Mk] plan per
-      (layout, strategies, batch, device) whose static heads were filled in once. Plans a strategy may reuse
+    - Dynamic heads: the heads of draft, vmoba and sampled stripe (`MaskPlanner`s) are planned together, in one
+      mask and one plan, from their q and k selected and pooled once; the others (blockified, unions) group by
+      group, heads sharing a strategy together. Their plans are copied into one preallocated [B, H, Mq, Mk] plan
+      per (layout, strategies, batch, device) whose static heads were filled in once. Plans a strategy may reuse
       (`Strategy.reusable`, e.g. blockified for `refresh_every` steps) are kept per call site (layer, CFG branch,
-      heads) in `reuse` and searched again only when they expire.
+      heads) in `reuse` and searched again only when they expire. Each tensor op is a kernel launch on a GPU (about
+      20 microseconds of host time), so the per-call path keeps their number small (tests/test_mixed_layer.py).
     - A call whose heads are all dense runs the model's own dense kernel.
 
     Attributes:

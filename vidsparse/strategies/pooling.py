@@ -15,6 +15,7 @@ and constants derived from a layout are computed once per device (`on_device`), 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -169,7 +170,7 @@ class MaskPlanner(Strategy):
     which heads to pool. Such plans are made anew at every call (`reusable` is False).
     """
 
-    reads_tile_means: bool = False
+    reads_tile_means: ClassVar[bool] = False
 
     def write_video_mask(self, inputs: HeadInputs, out: torch.Tensor) -> None:
         """Write the kept video blocks of `inputs`' heads, each query block's own block included, into `out`
