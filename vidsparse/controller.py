@@ -228,15 +228,14 @@ class SparseController:
         self._static_density = layer_plan.static_density
         if layer_plan.whole is not None:  # one dynamic strategy on every head: its plan is the layer's
             return self.reuse.plan(layer_plan.whole, layout, q, k, key=(site, "all"), step=step)
-        if layer_plan.masks is not None:
-            planned = self._plan_masks(layer_plan.masks, layout, q, k)
-            if layer_plan.plan is None:  # the mask planners have every head, in order
-                return planned
-            counts, indices = layer_plan.plan.kv_counts, layer_plan.plan.kv_indices
+        planned = None if layer_plan.masks is None else self._plan_masks(layer_plan.masks, layout, q, k)
+        if layer_plan.plan is None:  # the mask planners have every head, in order
+            return planned
+        counts, indices = layer_plan.plan.kv_counts, layer_plan.plan.kv_indices
+        if planned is not None:
             counts.index_copy_(1, layer_plan.masks.heads, planned.kv_counts)
             indices.index_copy_(1, layer_plan.masks.heads, planned.kv_indices)
         for strategy, heads, index in layer_plan.groups:
-            counts, indices = layer_plan.plan.kv_counts, layer_plan.plan.kv_indices
             group = self.reuse.plan(strategy, layout, q, k, key=(site, heads), step=step, heads=index)
             counts.index_copy_(1, index, group.kv_counts.expand(counts.shape[0], -1, -1))
             group_indices = group.kv_indices
