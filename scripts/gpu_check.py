@@ -2,7 +2,8 @@
 
 Runs in about 4 minutes on one H200 (2 of them compiling) with nothing but the repository and pip (random inputs and
 weights, no downloads). Writes one JSON with the device, the versions and the date (default
-scripts/results/gpu_check_<device>.json), rewritten after each section so that a run cut short keeps what it measured. Sections (`--sections` runs a subset):
+scripts/results/gpu_check_<device>.json), rewritten after each section so that a run cut short keeps what it
+measured. Sections (`--sections` runs a subset):
 
     correctness  bf16 output of the Triton kernel on random block plans (bench_attention's `nearest` plans, density
                  1.0 and 0.2) at Wan 2.1 480p (B=2, 12 heads) and HunyuanVideo 720p + 256 text tokens (B=1, 24
