@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from vidsparse.profile import Profile
 from vidsparse.testing import TINY_CALL, tiny_pipeline
 from vidsparse.tiny_model import TINY_WAN_CALL
 
+REPO = Path(__file__).resolve().parents[1]
 GEOMETRY = ("height", "width", "num_frames", "num_inference_steps")
 
 
@@ -39,6 +41,9 @@ def test_derived_defaults_are_what_the_pipeline_generates_without_them():
 
 def test_tiny_models_use_their_native_call():
     assert native_call("tiny-wan", None) == TINY_WAN_CALL
+    # The trained folders load as a plain WanPipeline, whose own defaults (480 x 832, 81 frames) are not theirs.
+    for folder in ("models/tiny-wan", "models/tiny-wan-next"):
+        assert native_call(str(REPO / folder), tiny_pipeline("wan")) == TINY_WAN_CALL
     assert native_call("tiny-hunyuan-random", None) == TINY_CALL["hunyuan"]
 
 

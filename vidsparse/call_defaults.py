@@ -3,7 +3,9 @@
 `vidsparse profile` and `vidsparse eval` fill whichever of --height, --width, --frames and --steps is not given
 from here, so a user need not look up numbers the model already knows:
 
-- `tiny-wan`: the call the trained tiny model was made for (`TINY_WAN_CALL`: 17 frames of 64 x 64, 20 steps);
+- `tiny-wan`, or a folder exported by `scripts/train_tiny_wan.py` (its `training.json` says so: models/tiny-wan,
+  models/tiny-wan-next): the call the trained tiny models are made for (`TINY_WAN_CALL`: 17 frames of 64 x 64,
+  20 steps), not the 480 x 832 x 81 of the WanPipeline they load as;
 - `tiny-<family>` / `tiny-<family>-random`: the tiny pipeline's call (`vidsparse.testing.TINY_CALL`);
 - any other pipeline: the defaults of its own `__call__` (Wan 2.1: 480 x 832, 81 frames, 50 steps). Where
   `__call__` defaults to None and derives the value itself, the same rule is applied here: Mochi's
@@ -16,6 +18,8 @@ For the tiny models the call also holds the text arguments they need (max_sequen
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 #: pipeline call argument -> the CLI flag that sets it
@@ -26,7 +30,7 @@ GEOMETRY_FLAGS: dict[str, str] = {
 
 def native_call(model: str, pipe: Any) -> dict[str, Any]:
     """The call arguments `model` (a `--model` value; `pipe` is what it loaded) generates with by default."""
-    if model == "tiny-wan":
+    if model == "tiny-wan" or is_trained_tiny_folder(model):
         from .tiny_model import TINY_WAN_CALL
 
         return dict(TINY_WAN_CALL)
@@ -37,6 +41,15 @@ def native_call(model: str, pipe: Any) -> dict[str, Any]:
         if family in TINY_CALL:
             return dict(TINY_CALL[family])
     return pipeline_defaults(pipe)
+
+
+def is_trained_tiny_folder(model: str) -> bool:
+    """Whether `model` is a folder `scripts/train_tiny_wan.py export` wrote: its training.json counts flow steps."""
+    training = Path(model) / "training.json"
+    try:
+        return "flow_steps" in json.loads(training.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def pipeline_defaults(pipe: Any) -> dict[str, int]:
