@@ -23,10 +23,17 @@ temporal share is at least STRUCTURED_RATIO times chance. The summary gives the 
 number of structured heads, and with --random-baseline the same for random weights. --trend FILE keeps one
 summary row per exported training step (training.json's flow_steps), to follow a run across its snapshots.
 
+What a head is worth (--ablation-clips N): the flow loss (MSE of the predicted velocity) on N fresh clips of the
+model's training distribution, at N noise levels spread over the training schedule, when that one head's
+self-attention output is replaced by uniform attention (the mean of its values) or by zero, minus the intact
+model's loss. A diffuse head whose uniform replacement costs nothing is dormant or a plain global mean; one whose
+replacement costs as much as a local head's is doing content-dependent long-range work.
+
     python scripts/analyze_tiny_wan_attention.py --prompts 4 --json scripts/results/tiny_wan_attention.json \
         --markdown scripts/results/tiny_wan_attention.md --random-baseline
     python scripts/analyze_tiny_wan_attention.py --model-dir .cache/next_500 --prompts 2 --steps 10 \
         --trend scripts/results/tiny_wan_next_attention_trend.json
+    python scripts/analyze_tiny_wan_attention.py --model-dir models/tiny-wan-next --ablation-clips 8 ...
 """
 
 from __future__ import annotations
@@ -60,6 +67,76 @@ def grid_coords(frames: int, height: int, width: int) -> torch.Tensor:
     """[S, 3] (f, y, x) of every token in Wan's frame-major order."""
     f, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
     return torch.stack([f.flatten(), y.flatten(), x.flatten()], dim=1)
+
+
+class HeadAblation:
+    """Wraps `dispatch_attention_fn` to replace one self-attention head's output (`target`: layer, head, how)."""
+
+    def __init__(self, transformer, seq: int):
+        self.seq, self.layer, self.target = seq, 0, None
+        self.hooks = [block.register_forward_pre_hook(self._enter(i)) for i, block in enumerate(transformer.blocks)]
+        self.original = wan_module.dispatch_attention_fn
+        wan_module.dispatch_attention_fn = self._dispatch
+
+    def _enter(self, layer: int):
+        def hook(module, args):
+            self.layer = layer
+        return hook
+
+    def _dispatch(self, query, key, value, *args, **kwargs):
+        out = self.original(query, key, value, *args, **kwargs)  # [B, S, H, D]
+        if self.target is None or not query.shape[1] == key.shape[1] == self.seq or self.layer != self.target[0]:
+            return out
+        _, head, how = self.target
+        out = out.clone()
+        out[:, :, head] = value[:, :, head].mean(1, keepdim=True) if how == "uniform" else 0.0
+        return out
+
+    def remove(self) -> None:
+        wan_module.dispatch_attention_fn = self.original
+        for hook in self.hooks:
+            hook.remove()
+
+
+@torch.no_grad()
+def head_ablation(pipe, recipe: str, clips: int, seq: int, seed: int) -> dict:
+    """Flow loss of the intact model on `clips` fresh training-distribution clips, and per layer and head its
+    increase with the head's output made uniform or zero (see the module docstring)."""
+    import numpy as np
+    from train_tiny_wan import FLOW_SHIFT, FRAMES, RECIPES, SIZE, clip_tensor
+
+    rng, draw = np.random.default_rng(seed), RECIPES[recipe].draw_clip
+    prompts, videos = zip(*(draw(rng)[:2] for _ in range(clips)))
+    vae = pipe.vae
+    stats = [torch.tensor(vae.config[name]).view(1, -1, 1, 1, 1) for name in ("latents_mean", "latents_std")]
+    x0 = (vae.encode(torch.stack([clip_tensor(v) for v in videos])).latent_dist.mean - stats[0]) / stats[1]
+    text = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                              max_sequence_length=TINY_WAN_CALL["max_sequence_length"])[0]
+    u = (torch.arange(clips) + 0.5) / clips
+    sigma = FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)  # the training schedule's noise levels, evenly spread
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    xt = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+
+    def loss() -> float:
+        prediction = pipe.transformer(xt, sigma * 1000, text, return_dict=False)[0]
+        return float((prediction - (noise - x0)).pow(2).mean())
+
+    ablation = HeadAblation(pipe.transformer, seq)
+    try:
+        base = loss()
+        table = []
+        for layer in range(len(pipe.transformer.blocks)):
+            heads = []
+            for head in range(pipe.transformer.config.num_attention_heads):
+                row = {}
+                for how in ("uniform", "zero"):
+                    ablation.target = (layer, head, how)
+                    row[how] = loss() - base
+                heads.append(row)
+            table.append(heads)
+    finally:
+        ablation.remove()
+    return dict(clips=clips, frames=FRAMES, size=SIZE, loss=base, increase=table)
 
 
 class AttentionRecorder:
@@ -170,19 +247,28 @@ def summary(table: list[list[dict[str, float]]], uniform: dict[str, float]) -> d
                 median_temporal_over_chance=statistics.median(v["temporal"] / uniform["temporal"] for v in heads))
 
 
-def markdown(table: list[list[dict[str, float]]], uniform: dict[str, float], title: str) -> str:
+def markdown(table: list[list[dict[str, float]]], uniform: dict[str, float], title: str,
+             ablation: dict | None = None) -> str:
     columns = (*CLASSES, "top10")
-    lines = [f"**{title}**", "", "| layer | head | " + " | ".join(columns) + " | dominant | structured |",
-             "|---|---|" + "---|" * (len(columns) + 2)]
+    extra = " loss +uniform / +zero |" if ablation else ""
+    lines = [f"**{title}**", "", "| layer | head | " + " | ".join(columns) + " | dominant | structured |" + extra,
+             "|---|---|" + "---|" * (len(columns) + 2 + bool(ablation))]
     for l, heads in enumerate(table):
         for h, values in enumerate(heads):
             cells = " | ".join(f"{values[c]:.2f}" for c in columns)
             mark = "yes" if structured(values, uniform) else "no"
-            lines.append(f"| {l} | {h} | {cells} | {dominant(values, uniform)} | {mark} |")
-    lines.append("| uniform | - | " + " | ".join(f"{uniform[c]:.3f}" for c in CLASSES) + f" | {TOP_SHARE:.2f} | | |")
+            cost = ""
+            if ablation:
+                increase = ablation["increase"][l][h]
+                cost = f" {increase['uniform']:+.4f} / {increase['zero']:+.4f} |"
+            lines.append(f"| {l} | {h} | {cells} | {dominant(values, uniform)} | {mark} |{cost}")
+    lines.append("| uniform | - | " + " | ".join(f"{uniform[c]:.3f}" for c in CLASSES) + f" | {TOP_SHARE:.2f} | | |"
+                 + (" |" if ablation else ""))
     s = summary(table, uniform)
     lines += ["", f"median top10 over heads {s['median_top10']:.3f}; structured heads (spatial or temporal >= "
               f"{STRUCTURED_RATIO:g}x chance) {s['structured_heads']} of {s['heads']}"]
+    if ablation:
+        lines.append(f"flow loss of the intact model on {ablation['clips']} fresh clips: {ablation['loss']:.4f}")
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--random-baseline", action="store_true")
+    parser.add_argument("--ablation-clips", type=int, default=0, help="also measure each head's worth on N clips")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args(argv)
@@ -227,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                                   top_share=TOP_SHARE, structured_ratio=STRUCTURED_RATIO),
                   uniform=uniform, trained=shares(*run(pipe, prompts, rows, grid, call), spatial, temporal))
     result["summary"] = dict(trained=summary(result["trained"], uniform))
-    text = markdown(result["trained"], uniform, f"{recipe} (trained), grid {grid[0]}x{grid[1]}x{grid[2]}")
+    if args.ablation_clips:
+        result["ablation"] = head_ablation(pipe, recipe, args.ablation_clips, seq, args.seed)
+    text = markdown(result["trained"], uniform, f"{recipe} (trained), grid {grid[0]}x{grid[1]}x{grid[2]}",
+                    result.get("ablation"))
     if args.random_baseline:
         from diffusers import WanTransformer3DModel
 

@@ -83,3 +83,27 @@ def test_trend_keeps_one_row_per_training_step(analyze, tmp_path):
         analyze.update_trend(path, result(step, value))
     rows = json.loads(path.read_text())["rows"]
     assert [(r["flow_steps"], r["trained"]["median_top10"]) for r in rows] == [(100, 0.4), (200, 0.6)]
+
+
+@pytest.mark.parametrize("how", ["uniform", "zero"])
+def test_head_ablation_replaces_only_the_target_head(analyze, how):
+    seq = 12
+    model = TwoBlocks()
+    ablation = analyze.HeadAblation(model, seq)
+    q, k, v = (torch.randn(2, seq, 3, 8, dtype=torch.float64) for _ in range(3))
+    expected = torch.einsum("bhst,bthd->bshd",
+                            torch.einsum("bshd,bthd->bhst", q, k).div(math.sqrt(8)).softmax(-1), v)
+    try:
+        ablation.target = (1, 2, how)
+        model.blocks[0](torch.zeros(1))
+        torch.testing.assert_close(analyze.wan_module.dispatch_attention_fn(q, k, v), expected)  # another layer
+        model.blocks[1](torch.zeros(1))
+        out = analyze.wan_module.dispatch_attention_fn(q, k, v)
+        cross = analyze.wan_module.dispatch_attention_fn(q[:, :5], k, v)  # not self-attention over the video
+    finally:
+        ablation.remove()
+    torch.testing.assert_close(out[:, :, :2], expected[:, :, :2])
+    replaced = v[:, :, 2].mean(1, keepdim=True).expand(-1, seq, -1) if how == "uniform" else torch.zeros(2, seq, 8)
+    torch.testing.assert_close(out[:, :, 2], replaced.to(out.dtype))
+    torch.testing.assert_close(cross, expected[:, :5])
+    assert analyze.wan_module.dispatch_attention_fn is ablation.original
