@@ -23,6 +23,12 @@ temporal share is at least STRUCTURED_RATIO times chance. The summary gives the 
 number of structured heads, and with --random-baseline the same for random weights. --trend FILE keeps one
 summary row per exported training step (training.json's flow_steps), to follow a run across its snapshots.
 
+How sparse a head could be (--oracle-error E): at every recorded call, the least density at which the best
+block-sparse plan of vidsparse's tiles (`DEFAULT_TILE`, 128 tokens) keeps the sampled rows' output within relative L2
+error E: per query tile, its key tiles by the mass its sampled rows put on them, the most first, adding tiles
+until the error of the sampled rows is at most E. An oracle (it reads the exact attention), so no profile at error
+budget E can be sparser: the floor of `vidsparse profile --budget error=E` on this model, before its dense warm-up.
+
 What a head is worth (--ablation-clips N): the flow loss (MSE of the predicted velocity) on N fresh clips of the
 model's training distribution, at N noise levels spread over the training schedule, when that one head's
 self-attention output is replaced by uniform attention (the mean of its values) or by zero, minus the intact
@@ -51,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffusers.models.transformers.transformer_wan as wan_module  # noqa: E402
 
+from vidsparse.layout import VideoLayout  # noqa: E402
 from vidsparse.testing.textures import HELD_OUT_PROMPTS  # noqa: E402
 from vidsparse.tiny_model import TINY_MODEL_DIR, TINY_WAN_CALL, TINY_WAN_PROMPTS  # noqa: E402
 
@@ -142,9 +149,12 @@ def head_ablation(pipe, recipe: str, clips: int, seq: int, seed: int) -> dict:
 class AttentionRecorder:
     """Wraps the Wan module's `dispatch_attention_fn` to average softmax rows of sampled queries per layer and head."""
 
-    def __init__(self, transformer, grid: tuple[int, int, int], rows: torch.Tensor):
-        self.grid, self.rows = grid, rows
+    def __init__(self, transformer, grid: tuple[int, int, int], rows: torch.Tensor, oracle_error: float | None = None):
+        self.grid, self.rows, self.oracle_error = grid, rows, oracle_error
         self.seq = grid[0] * grid[1] * grid[2]
+        layout = VideoLayout(*grid)
+        self.tile_of_token = layout.inverse_permutation[: self.seq] // layout.block_size  # model order -> tile
+        self.oracle_sum: torch.Tensor | None = None  # [layers, heads]: per call, the oracle density
         self.layer = 0
         self.sum: torch.Tensor | None = None  # [layers, heads, rows, keys]
         self.top_sum: torch.Tensor | None = None  # [layers, heads]: per call, mean top10 over batch and rows
@@ -171,13 +181,45 @@ class AttentionRecorder:
             self.sum[self.layer] += probs
             top = full.topk(math.ceil(TOP_SHARE * self.seq), dim=-1).values.sum(-1)  # [B, H, R]
             self.top_sum[self.layer] += top.mean(dim=(0, 2))
+            if self.oracle_error is not None:
+                if self.oracle_sum is None:
+                    self.oracle_sum = torch.zeros_like(self.top_sum)
+                self.oracle_sum[self.layer] += self._oracle_density(full, value.transpose(1, 2).double())
             self.calls[self.layer] += 1
         return self.original(query, key, value, *args, **kwargs)
+
+    def _oracle_density(self, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """[H]: per head, the mean over the batch of the least density of a tile plan whose error on the sampled
+        rows is at most `oracle_error` (probs: [B, H, R, S] softmax rows, v: [B, H, S, D])."""
+        tiles = int(self.tile_of_token.max()) + 1
+        key_tile = torch.nn.functional.one_hot(self.tile_of_token, tiles).to(probs)  # [S, T]
+        query_tile = torch.nn.functional.one_hot(self.tile_of_token[self.rows], tiles).to(probs)  # [R, T]
+        mass = query_tile.T @ (probs @ key_tile)  # [B, H, T query tiles, T key tiles], summed over their rows
+        order = mass.argsort(-1, descending=True)
+        reference = probs @ v
+        best = torch.ones(probs.shape[:2], dtype=probs.dtype)
+        found = torch.zeros(probs.shape[:2], dtype=torch.bool)
+        for keep in range(1, tiles + 1):
+            kept = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, order[..., :keep], True)
+            rows_kept = kept[..., self.tile_of_token[self.rows], :][..., self.tile_of_token]  # [B, H, R, S]
+            sparse = probs * rows_kept
+            out = (sparse / sparse.sum(-1, keepdim=True)) @ v
+            error = (out - reference).flatten(2).norm(dim=-1) / reference.flatten(2).norm(dim=-1)
+            newly = (error <= self.oracle_error) & ~found
+            best[newly] = rows_kept[newly].double().mean(dim=(-1, -2)).to(best)
+            found |= newly
+            if bool(found.all()):
+                break
+        return best.mean(0)
 
     def remove(self) -> None:
         wan_module.dispatch_attention_fn = self.original
         for hook in self.hooks:
             hook.remove()
+
+    def oracle_density(self) -> torch.Tensor:
+        """Mean oracle density [L, H] over the recorded calls (needs `oracle_error`)."""
+        return self.oracle_sum / self.calls.to(self.oracle_sum).view(-1, 1)
 
     def mean(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean probability rows [L, H, R, S] and mean top10 [L, H] over the recorded calls."""
@@ -194,14 +236,14 @@ def class_masks(coords: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
     return spatial, temporal
 
 
-def shares(probs: torch.Tensor, top10: torch.Tensor, spatial: torch.Tensor,
+def shares(probs: torch.Tensor, top10: torch.Tensor, oracle: torch.Tensor | None, spatial: torch.Tensor,
            temporal: torch.Tensor) -> list[list[dict[str, float]]]:
-    """Per layer and head, the mean share of each class over the sampled rows (probs: [L, H, R, S]) and its top10
-    ([L, H])."""
+    """Per layer and head, the mean share of each class over the sampled rows (probs: [L, H, R, S]), its top10
+    ([L, H]) and its oracle density ([L, H], when measured)."""
     result = []
-    for layer, layer_top in zip(probs, top10):
+    for index, (layer, layer_top) in enumerate(zip(probs, top10)):
         heads = []
-        for p, top in zip(layer, layer_top):
+        for head, (p, top) in enumerate(zip(layer, layer_top)):
             sinks = torch.zeros(p.shape[1], dtype=torch.bool)
             sinks[p.mean(0).topk(SINKS).indices] = True
             sink = sinks[None, :] & ~spatial & ~temporal
@@ -210,20 +252,24 @@ def shares(probs: torch.Tensor, top10: torch.Tensor, spatial: torch.Tensor,
             values = {k: float(v) for k, v in values.items()}
             values["diffuse"] = 1.0 - sum(values.values())
             values["top10"] = float(top)
+            if oracle is not None:
+                values["oracle_density"] = float(oracle[index, head])
             heads.append(values)
         result.append(heads)
     return result
 
 
-def run(pipe, prompts: list[str], rows: torch.Tensor, grid: tuple[int, int, int],
-        call: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    recorder = AttentionRecorder(pipe.transformer, grid, rows)
+def run(pipe, prompts: list[str], rows: torch.Tensor, grid: tuple[int, int, int], call: dict,
+        oracle_error: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Mean probability rows [L, H, R, S], mean top10 [L, H] and, with `oracle_error`, mean oracle density [L, H]
+    over dense runs of `prompts`."""
+    recorder = AttentionRecorder(pipe.transformer, grid, rows, oracle_error)
     try:
         for i, prompt in enumerate(prompts):
             pipe(prompt, **call, output_type="latent", generator=torch.Generator().manual_seed(i))
     finally:
         recorder.remove()
-    return recorder.mean()
+    return *recorder.mean(), (recorder.oracle_density() if oracle_error is not None else None)
 
 
 def dominant(values: dict[str, float], uniform: dict[str, float]) -> str:
@@ -241,15 +287,18 @@ def structured(values: dict[str, float], uniform: dict[str, float]) -> bool:
 def summary(table: list[list[dict[str, float]]], uniform: dict[str, float]) -> dict[str, float]:
     """Median top10 over heads and how many heads are structured (local or temporal at 3x chance)."""
     heads = [values for layer in table for values in layer]
-    return dict(median_top10=statistics.median(v["top10"] for v in heads), heads=len(heads),
-                structured_heads=sum(structured(v, uniform) for v in heads),
-                median_spatial_over_chance=statistics.median(v["spatial"] / uniform["spatial"] for v in heads),
-                median_temporal_over_chance=statistics.median(v["temporal"] / uniform["temporal"] for v in heads))
+    result = dict(median_top10=statistics.median(v["top10"] for v in heads), heads=len(heads),
+                  structured_heads=sum(structured(v, uniform) for v in heads),
+                  median_spatial_over_chance=statistics.median(v["spatial"] / uniform["spatial"] for v in heads),
+                  median_temporal_over_chance=statistics.median(v["temporal"] / uniform["temporal"] for v in heads))
+    if "oracle_density" in heads[0]:
+        result["mean_oracle_density"] = statistics.mean(v["oracle_density"] for v in heads)
+    return result
 
 
 def markdown(table: list[list[dict[str, float]]], uniform: dict[str, float], title: str,
              ablation: dict | None = None) -> str:
-    columns = (*CLASSES, "top10")
+    columns = (*CLASSES, "top10") + (("oracle_density",) if "oracle_density" in table[0][0] else ())
     extra = " loss +uniform / +zero |" if ablation else ""
     lines = [f"**{title}**", "", "| layer | head | " + " | ".join(columns) + " | dominant | structured |" + extra,
              "|---|---|" + "---|" * (len(columns) + 2 + bool(ablation))]
@@ -262,11 +311,13 @@ def markdown(table: list[list[dict[str, float]]], uniform: dict[str, float], tit
                 increase = ablation["increase"][l][h]
                 cost = f" {increase['uniform']:+.4f} / {increase['zero']:+.4f} |"
             lines.append(f"| {l} | {h} | {cells} | {dominant(values, uniform)} | {mark} |{cost}")
-    lines.append("| uniform | - | " + " | ".join(f"{uniform[c]:.3f}" for c in CLASSES) + f" | {TOP_SHARE:.2f} | | |"
-                 + (" |" if ablation else ""))
+    lines.append("| uniform | - | " + " | ".join(f"{uniform[c]:.3f}" for c in CLASSES) + f" | {TOP_SHARE:.2f} |"
+                 + " |" * (len(columns) - len(CLASSES) - 1 + 2 + bool(ablation)))
     s = summary(table, uniform)
     lines += ["", f"median top10 over heads {s['median_top10']:.3f}; structured heads (spatial or temporal >= "
               f"{STRUCTURED_RATIO:g}x chance) {s['structured_heads']} of {s['heads']}"]
+    if "mean_oracle_density" in s:
+        lines.append(f"mean oracle tile density over heads {s['mean_oracle_density']:.3f}")
     if ablation:
         lines.append(f"flow loss of the intact model on {ablation['clips']} fresh clips: {ablation['loss']:.4f}")
     return "\n".join(lines) + "\n"
@@ -282,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--random-baseline", action="store_true")
+    parser.add_argument("--oracle-error", type=float, default=None,
+                        help="also measure each head's oracle tile density at this error (e.g. 0.05)")
     parser.add_argument("--ablation-clips", type=int, default=0, help="also measure each head's worth on N clips")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
@@ -312,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                   prompts=prompts, rows=args.rows,
                   definition=dict(spatial_radius=SPATIAL_RADIUS, temporal_radius=TEMPORAL_RADIUS, sinks=SINKS,
                                   top_share=TOP_SHARE, structured_ratio=STRUCTURED_RATIO),
-                  uniform=uniform, trained=shares(*run(pipe, prompts, rows, grid, call), spatial, temporal))
+                  uniform=uniform, trained=shares(*run(pipe, prompts, rows, grid, call, args.oracle_error), spatial, temporal))
     result["summary"] = dict(trained=summary(result["trained"], uniform))
     if args.ablation_clips:
         result["ablation"] = head_ablation(pipe, recipe, args.ablation_clips, seq, args.seed)
@@ -323,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.manual_seed(args.seed)
         pipe.transformer = WanTransformer3DModel.from_config(pipe.transformer.config)
-        result["random_init"] = shares(*run(pipe, prompts, rows, grid, call), spatial, temporal)
+        result["random_init"] = shares(*run(pipe, prompts, rows, grid, call, args.oracle_error), spatial, temporal)
         result["summary"]["random_init"] = summary(result["random_init"], uniform)
         text += "\n" + markdown(result["random_init"], uniform, "same architecture, random initialisation")
     print(text)

@@ -55,7 +55,7 @@ def test_recorder_top10_and_shares_match_a_direct_computation(analyze):
     torch.testing.assert_close(top10, expected_top)
     torch.testing.assert_close(probs, expected_probs)
     spatial, temporal = analyze.class_masks(analyze.grid_coords(*grid), rows)
-    table = analyze.shares(probs, top10, spatial, temporal)
+    table = analyze.shares(probs, top10, None, spatial, temporal)
     head = table[1][2]
     assert head["top10"] == pytest.approx(float(expected_top[1, 2]))
     assert head["spatial"] == pytest.approx(float((expected_probs[1, 2] * spatial).sum(1).mean()))
@@ -107,3 +107,27 @@ def test_head_ablation_replaces_only_the_target_head(analyze, how):
     torch.testing.assert_close(out[:, :, 2], replaced.to(out.dtype))
     torch.testing.assert_close(cross, expected[:, :5])
     assert analyze.wan_module.dispatch_attention_fn is ablation.original
+
+
+def test_oracle_density_of_local_spread_and_uniform_heads(analyze):
+    """Three tiles of 128 tokens (grid 3 x 8 x 16). Head 0 attends only within its query's tile, head 1 equally
+    to its own tile and the next, head 2 uniformly to everything: the least tile densities within error 0.05 are
+    1/3, 2/3 and 1 (random values make any dropped tile change the uniform head's output by far more than 5%)."""
+    grid, seq = (3, 8, 16), 384
+    tile = torch.arange(seq) // 128  # frame-major order: tile = frame
+    one_hot = torch.nn.functional.one_hot(tile, 3).double()
+    q = torch.zeros(1, seq, 3, 3, dtype=torch.float64)
+    k = torch.zeros(1, seq, 3, 3, dtype=torch.float64)
+    q[0, :, 0], k[0, :, 0] = 60 * one_hot, one_hot  # logit sqrt(3) * 60 / sqrt(3) more on the own tile
+    q[0, :, 1], k[0, :, 1] = 60 * (one_hot + one_hot.roll(1, dims=1)), one_hot  # own and next tile
+    v = torch.randn(1, seq, 3, 3, dtype=torch.float64)
+    rows = torch.arange(0, seq, 3)
+    model = TwoBlocks()
+    recorder = analyze.AttentionRecorder(model, grid, rows, oracle_error=0.05)
+    try:
+        model.blocks[0](torch.zeros(1))
+        analyze.wan_module.dispatch_attention_fn(q, k, v)
+    finally:
+        recorder.remove()
+    density = recorder.oracle_density()[0]
+    torch.testing.assert_close(density, torch.tensor([1 / 3, 2 / 3, 1.0], dtype=density.dtype))
