@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                   prompts=prompts, rows=args.rows,
                   definition=dict(spatial_radius=SPATIAL_RADIUS, temporal_radius=TEMPORAL_RADIUS, sinks=SINKS,
                                   top_share=TOP_SHARE, structured_ratio=STRUCTURED_RATIO),
-                  uniform=uniform, trained=shares(*run(pipe, prompts, rows, grid, call, args.oracle_error), spatial, temporal))
+                  uniform=uniform,
+                  trained=shares(*run(pipe, prompts, rows, grid, call, args.oracle_error), spatial, temporal))
     result["summary"] = dict(trained=summary(result["trained"], uniform))
     if args.ablation_clips:
         result["ablation"] = head_ablation(pipe, recipe, args.ablation_clips, seq, args.seed)
