@@ -24,10 +24,11 @@ number of structured heads, and with --random-baseline the same for random weigh
 summary row per exported training step (training.json's flow_steps), to follow a run across its snapshots.
 
 How sparse a head could be (--oracle-error E): at every recorded call, the least density at which the best
-block-sparse plan of vidsparse's tiles (`DEFAULT_TILE`, 128 tokens) keeps the sampled rows' output within relative L2
-error E: per query tile, its key tiles by the mass its sampled rows put on them, the most first, adding tiles
-until the error of the sampled rows is at most E. An oracle (it reads the exact attention), so no profile at error
-budget E can be sparser: the floor of `vidsparse profile --budget error=E` on this model, before its dense warm-up.
+block-sparse plan of vidsparse's tiles (`DEFAULT_TILE`, 128 tokens, or --oracle-tile) keeps the sampled rows'
+output within relative L2 error E: per query tile, its key tiles ranked by the mass its sampled rows put on them,
+added most first until the error of the sampled rows is at most E. An oracle (it ranks tiles by the exact
+attention, which the dynamic strategies estimate), so it is what a profile at error budget E can hope for on this
+model, before its dense warm-up.
 
 What a head is worth (--ablation-clips N): the flow loss (MSE of the predicted velocity) on N fresh clips of the
 model's training distribution, at N noise levels spread over the training schedule, when that one head's
@@ -149,10 +150,11 @@ def head_ablation(pipe, recipe: str, clips: int, seq: int, seed: int) -> dict:
 class AttentionRecorder:
     """Wraps the Wan module's `dispatch_attention_fn` to average softmax rows of sampled queries per layer and head."""
 
-    def __init__(self, transformer, grid: tuple[int, int, int], rows: torch.Tensor, oracle_error: float | None = None):
+    def __init__(self, transformer, grid: tuple[int, int, int], rows: torch.Tensor, oracle_error: float | None = None,
+                 oracle_tile: tuple[int, int, int] | None = None):
         self.grid, self.rows, self.oracle_error = grid, rows, oracle_error
         self.seq = grid[0] * grid[1] * grid[2]
-        layout = VideoLayout(*grid)
+        layout = VideoLayout(*grid, tile=oracle_tile)
         self.tile_of_token = layout.inverse_permutation[: self.seq] // layout.block_size  # model order -> tile
         self.oracle_sum: torch.Tensor | None = None  # [layers, heads]: per call, the oracle density
         self.layer = 0
@@ -260,10 +262,11 @@ def shares(probs: torch.Tensor, top10: torch.Tensor, oracle: torch.Tensor | None
 
 
 def run(pipe, prompts: list[str], rows: torch.Tensor, grid: tuple[int, int, int], call: dict,
-        oracle_error: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        oracle_error: float | None = None,
+        oracle_tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Mean probability rows [L, H, R, S], mean top10 [L, H] and, with `oracle_error`, mean oracle density [L, H]
     over dense runs of `prompts`."""
-    recorder = AttentionRecorder(pipe.transformer, grid, rows, oracle_error)
+    recorder = AttentionRecorder(pipe.transformer, grid, rows, oracle_error, oracle_tile)
     try:
         for i, prompt in enumerate(prompts):
             pipe(prompt, **call, output_type="latent", generator=torch.Generator().manual_seed(i))
@@ -335,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-baseline", action="store_true")
     parser.add_argument("--oracle-error", type=float, default=None,
                         help="also measure each head's oracle tile density at this error (e.g. 0.05)")
+    parser.add_argument("--oracle-tile", type=lambda text: tuple(int(n) for n in text.split(",")), default=None,
+                        help="frames,rows,columns of the oracle's tiles (default: vidsparse's, 1,8,16)")
     parser.add_argument("--ablation-clips", type=int, default=0, help="also measure each head's worth on N clips")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
@@ -360,13 +365,14 @@ def main(argv: list[str] | None = None) -> int:
                "sink": SINKS / seq}
     uniform["diffuse"] = 1.0 - sum(uniform.values())
     prompts = list(PROMPTS_OF_RECIPE[recipe][: args.prompts])
+    oracle = (args.oracle_error, args.oracle_tile)
 
     result = dict(model=recipe, model_dir=str(args.model_dir), training=training, call=call, grid=grid,
                   prompts=prompts, rows=args.rows,
                   definition=dict(spatial_radius=SPATIAL_RADIUS, temporal_radius=TEMPORAL_RADIUS, sinks=SINKS,
                                   top_share=TOP_SHARE, structured_ratio=STRUCTURED_RATIO),
                   uniform=uniform,
-                  trained=shares(*run(pipe, prompts, rows, grid, call, args.oracle_error), spatial, temporal))
+                  trained=shares(*run(pipe, prompts, rows, grid, call, *oracle), spatial, temporal))
     result["summary"] = dict(trained=summary(result["trained"], uniform))
     if args.ablation_clips:
         result["ablation"] = head_ablation(pipe, recipe, args.ablation_clips, seq, args.seed)
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.manual_seed(args.seed)
         pipe.transformer = WanTransformer3DModel.from_config(pipe.transformer.config)
-        result["random_init"] = shares(*run(pipe, prompts, rows, grid, call, args.oracle_error), spatial, temporal)
+        result["random_init"] = shares(*run(pipe, prompts, rows, grid, call, *oracle), spatial, temporal)
         result["summary"]["random_init"] = summary(result["random_init"], uniform)
         text += "\n" + markdown(result["random_init"], uniform, "same architecture, random initialisation")
     print(text)
