@@ -53,6 +53,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -77,11 +78,12 @@ def grid_coords(frames: int, height: int, width: int) -> torch.Tensor:
     return torch.stack([f.flatten(), y.flatten(), x.flatten()], dim=1)
 
 
-class HeadAblation:
-    """Wraps `dispatch_attention_fn` to replace one self-attention head's output (`target`: layer, head, how)."""
+class SelfAttentionHook:
+    """Replaces the Wan module's `dispatch_attention_fn` with `self._dispatch` (calling `self.original` inside),
+    with `self.layer` set to the index of the transformer block running; `remove` restores both."""
 
     def __init__(self, transformer, seq: int):
-        self.seq, self.layer, self.target = seq, 0, None
+        self.seq, self.layer = seq, 0  # seq: tokens of the video self-attention calls
         self.hooks = [block.register_forward_pre_hook(self._enter(i)) for i, block in enumerate(transformer.blocks)]
         self.original = wan_module.dispatch_attention_fn
         wan_module.dispatch_attention_fn = self._dispatch
@@ -92,6 +94,20 @@ class HeadAblation:
         return hook
 
     def _dispatch(self, query, key, value, *args, **kwargs):
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        wan_module.dispatch_attention_fn = self.original
+        for hook in self.hooks:
+            hook.remove()
+
+
+class HeadAblation(SelfAttentionHook):
+    """Replaces one self-attention head's output (`target`: layer, head, "uniform" or "zero"; None: none)."""
+
+    target: tuple[int, int, str] | None = None
+
+    def _dispatch(self, query, key, value, *args, **kwargs):
         out = self.original(query, key, value, *args, **kwargs)  # [B, S, H, D]
         if self.target is None or not query.shape[1] == key.shape[1] == self.seq or self.layer != self.target[0]:
             return out
@@ -99,11 +115,6 @@ class HeadAblation:
         out = out.clone()
         out[:, :, head] = value[:, :, head].mean(1, keepdim=True) if how == "uniform" else 0.0
         return out
-
-    def remove(self) -> None:
-        wan_module.dispatch_attention_fn = self.original
-        for hook in self.hooks:
-            hook.remove()
 
 
 @torch.no_grad()
@@ -147,29 +158,23 @@ def head_ablation(pipe, recipe: str, clips: int, seq: int, seed: int) -> dict:
     return dict(clips=clips, frames=FRAMES, size=SIZE, loss=base, increase=table)
 
 
-class AttentionRecorder:
-    """Wraps the Wan module's `dispatch_attention_fn` to average softmax rows of sampled queries per layer and head."""
+class AttentionRecorder(SelfAttentionHook):
+    """Averages the softmax rows of sampled queries per layer and head of the self-attention calls."""
 
     def __init__(self, transformer, grid: tuple[int, int, int], rows: torch.Tensor, oracle_error: float | None = None,
                  oracle_tile: tuple[int, int, int] | None = None):
         self.grid, self.rows, self.oracle_error = grid, rows, oracle_error
-        self.seq = grid[0] * grid[1] * grid[2]
-        layout = VideoLayout(*grid, tile=oracle_tile)
-        self.tile_of_token = layout.inverse_permutation[: self.seq] // layout.block_size  # model order -> tile
-        self.oracle_sum: torch.Tensor | None = None  # [layers, heads]: per call, the oracle density
-        self.layer = 0
+        self.num_layers = len(transformer.blocks)
         self.sum: torch.Tensor | None = None  # [layers, heads, rows, keys]
         self.top_sum: torch.Tensor | None = None  # [layers, heads]: per call, mean top10 over batch and rows
-        self.calls = torch.zeros(len(transformer.blocks))
-        self.hooks = [block.register_forward_pre_hook(self._enter(i)) for i, block in enumerate(transformer.blocks)]
-        self.original = wan_module.dispatch_attention_fn
-        wan_module.dispatch_attention_fn = self._dispatch
-        self.num_layers = len(transformer.blocks)
-
-    def _enter(self, layer: int):
-        def hook(module, args):
-            self.layer = layer
-        return hook
+        self.oracle_sum: torch.Tensor | None = None  # [layers, heads]: per call, the oracle density
+        self.calls = torch.zeros(self.num_layers)
+        layout = VideoLayout(*grid, tile=oracle_tile)
+        self.tile_of_token = layout.inverse_permutation[: layout.num_video_tokens] // layout.block_size  # -> tile
+        tiles = int(self.tile_of_token.max()) + 1
+        self.key_tile = F.one_hot(self.tile_of_token, tiles).double()  # [S, T]
+        self.query_tile = F.one_hot(self.tile_of_token[rows], tiles).double()  # [R, T]
+        super().__init__(transformer, layout.num_video_tokens)
 
     def _dispatch(self, query, key, value, *args, **kwargs):
         if query.shape[1] == key.shape[1] == self.seq:  # self-attention over the video grid ([B, S, H, D])
@@ -193,17 +198,15 @@ class AttentionRecorder:
     def _oracle_density(self, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """[H]: per head, the mean over the batch of the least density of a tile plan whose error on the sampled
         rows is at most `oracle_error` (probs: [B, H, R, S] softmax rows, v: [B, H, S, D])."""
-        tiles = int(self.tile_of_token.max()) + 1
-        key_tile = torch.nn.functional.one_hot(self.tile_of_token, tiles).to(probs)  # [S, T]
-        query_tile = torch.nn.functional.one_hot(self.tile_of_token[self.rows], tiles).to(probs)  # [R, T]
-        mass = query_tile.T @ (probs @ key_tile)  # [B, H, T query tiles, T key tiles], summed over their rows
+        mass = self.query_tile.T @ (probs @ self.key_tile)  # [B, H, T query tiles, T key tiles], over their rows
         order = mass.argsort(-1, descending=True)
         reference = probs @ v
         best = torch.ones(probs.shape[:2], dtype=probs.dtype)
         found = torch.zeros(probs.shape[:2], dtype=torch.bool)
-        for keep in range(1, tiles + 1):
+        row_tiles = self.tile_of_token[self.rows]
+        for keep in range(1, mass.shape[-1] + 1):
             kept = torch.zeros_like(mass, dtype=torch.bool).scatter_(-1, order[..., :keep], True)
-            rows_kept = kept[..., self.tile_of_token[self.rows], :][..., self.tile_of_token]  # [B, H, R, S]
+            rows_kept = kept[..., row_tiles, :][..., self.tile_of_token]  # [B, H, R, S]
             sparse = probs * rows_kept
             out = (sparse / sparse.sum(-1, keepdim=True)) @ v
             error = (out - reference).flatten(2).norm(dim=-1) / reference.flatten(2).norm(dim=-1)
@@ -213,11 +216,6 @@ class AttentionRecorder:
             if bool(found.all()):
                 break
         return best.mean(0)
-
-    def remove(self) -> None:
-        wan_module.dispatch_attention_fn = self.original
-        for hook in self.hooks:
-            hook.remove()
 
     def oracle_density(self) -> torch.Tensor:
         """Mean oracle density [L, H] over the recorded calls (needs `oracle_error`)."""
