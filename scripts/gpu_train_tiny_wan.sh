@@ -22,19 +22,6 @@ cd "$(dirname "$0")/.."
 "${PYTHON:-python3}" scripts/train_tiny_wan.py train --recipe tiny-wan-next --out "$RUN" --pool-size 1000 \
     --checkpoint-minutes 1000 --max-minutes "$MINUTES" --device "${DEVICE:-cuda}" --threads 8 --batch 16 \
     --resume models/tiny-wan-next/training_state.pt "$@"
-"${PYTHON:-python3}" - "$RUN" <<'EOF'
-import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, "scripts")
-from train_tiny_wan import slim_state  # noqa: E402
-
-run = Path(sys.argv[1])
-state = slim_state(torch.load(run / "checkpoint.pt", weights_only=False))
-torch.save(state, run / "slim.pt")
-print(f"flow step {state['step']}, slim state {(run / 'slim.pt').stat().st_size / 2**20:.1f} MiB")
-EOF
-split -b 15M -d "$RUN/slim.pt" "$OUT/slim.pt.part"
+"${PYTHON:-python3}" scripts/train_tiny_wan.py export --out "$RUN" --to "$RUN/export"  # writes the slim state too
+split -b 15M -d "$RUN/export/training_state.pt" "$OUT/slim.pt.part"
 cp "$RUN/log.jsonl" "$OUT/log.jsonl"
