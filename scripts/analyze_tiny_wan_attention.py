@@ -1,6 +1,7 @@
 """What did tiny-wan's self-attention learn? Per layer and head: the share of softmax mass that is spatial, temporal,
-on sinks, or diffuse, averaged over dense denoising runs of the model's evaluation prompts (TINY_WAN_PROMPTS, or
-the textures dataset's HELD_OUT_PROMPTS for a tiny-wan-next folder), and how concentrated it is.
+on sinks, or diffuse, averaged over dense denoising runs of the model's evaluation prompts (its
+recipe's `eval_prompts` in train_tiny_wan.py: TINY_WAN_PROMPTS, or the textures' HELD_OUT_PROMPTS), and how
+concentrated it is.
 
 For sampled query tokens at latent position (f, y, x), each key's softmax probability goes to exactly one class:
 
@@ -55,13 +56,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # vidsparse, train_tiny_wan
 
 import diffusers.models.transformers.transformer_wan as wan_module  # noqa: E402
 
 from vidsparse.layout import VideoLayout  # noqa: E402
-from vidsparse.testing.textures import HELD_OUT_PROMPTS  # noqa: E402
-from vidsparse.tiny_model import TINY_MODEL_DIR, TINY_WAN_CALL, TINY_WAN_PROMPTS  # noqa: E402
+from vidsparse.tiny_model import TINY_MODEL_DIR, TINY_WAN_CALL  # noqa: E402
+
+from train_tiny_wan import RECIPES  # noqa: E402  (beside this script)
 
 SPATIAL_RADIUS = 2
 TEMPORAL_RADIUS = 1
@@ -69,7 +71,6 @@ SINKS = 8
 CLASSES = ("spatial", "temporal", "sink", "diffuse")
 TOP_SHARE = 0.1  # top10: mass on the 10% most attended keys
 STRUCTURED_RATIO = 3.0
-PROMPTS_OF_RECIPE = {"tiny-wan": TINY_WAN_PROMPTS, "tiny-wan-next": HELD_OUT_PROMPTS}
 
 
 def grid_coords(frames: int, height: int, width: int) -> torch.Tensor:
@@ -122,7 +123,7 @@ def head_ablation(pipe, recipe: str, clips: int, seq: int, seed: int) -> dict:
     """Flow loss of the intact model on `clips` fresh training-distribution clips, and per layer and head its
     increase with the head's output made uniform or zero (see the module docstring)."""
     import numpy as np
-    from train_tiny_wan import FLOW_SHIFT, FRAMES, RECIPES, SIZE, clip_tensor
+    from train_tiny_wan import FLOW_SHIFT, FRAMES, SIZE, clip_tensor
 
     rng, draw = np.random.default_rng(seed), RECIPES[recipe].draw_clip
     prompts, videos = zip(*(draw(rng)[:2] for _ in range(clips)))
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     uniform = {"spatial": float(spatial.float().mean(1).mean()), "temporal": float(temporal.float().mean(1).mean()),
                "sink": SINKS / seq}
     uniform["diffuse"] = 1.0 - sum(uniform.values())
-    prompts = list(PROMPTS_OF_RECIPE[recipe][: args.prompts])
+    prompts = list(RECIPES[recipe].eval_prompts[: args.prompts])
     oracle = (args.oracle_error, args.oracle_tile)
 
     result = dict(model=recipe, model_dir=str(args.model_dir), training=training, call=call, grid=grid,

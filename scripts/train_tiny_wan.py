@@ -127,6 +127,11 @@ RECIPES: dict[str, Recipe] = {
                             dict(TRANSFORMER_CONFIG, num_attention_heads=4, ffn_dim=512, num_layers=4),
                             ((1, 4, 400), (5, 2, 200), (17, 1, 300)), "models/tiny-wan/vae", 3.0),
 }
+#: "tiny-wan-next-2x64": the same data and width in 2 heads of 64 per layer (nearer real DiTs' 128-wide heads), to
+#: test whether fewer, wider heads leave fewer of them dormant; trained with --vae-from tiny-wan-next's state.
+RECIPES["tiny-wan-next-2x64"] = Recipe(**dict(
+    vars(RECIPES["tiny-wan-next"]),
+    transformer_config=dict(RECIPES["tiny-wan-next"].transformer_config, num_attention_heads=2, attention_head_dim=64)))
 
 
 def vae_stage(step: int, stages: tuple[tuple[int, int, int], ...] = VAE_STAGES) -> tuple[int, int]:
@@ -247,6 +252,17 @@ class Run:
                     gen=self.gen.get_state(), pool=self.pool, pool_masks=self.pool_masks,
                     pool_prompts=self.pool_prompts, clips_seen=self.clips_seen,
                     args={k: v for k, v in vars(self.args).items() if k != "func"}))
+
+    def take_vae(self, state: dict) -> None:
+        """Start from the trained VAE of another run on the same data, skipping the VAE phase: the transformer
+        phase then measures the same latent statistics and encodes the same pool as that run did."""
+        recipe = RECIPES[state["args"].get("recipe", "tiny-wan")]
+        if state["phase"] != "flow":
+            raise SystemExit("--vae-from: that state has not finished its VAE phase")
+        if recipe.draw_clip is not self.recipe.draw_clip:
+            raise SystemExit(f"--vae-from: that state's VAE was trained on other data than {self.args.recipe!r}'s")
+        self.vae.load_state_dict(state["vae"])
+        self.step = sum(steps for _, _, steps in self.recipe.vae_stages)
 
     def load_state_dict(self, state: dict) -> None:
         recipe = state["args"].get("recipe", "tiny-wan")
@@ -406,6 +422,8 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = Run(args)
+    if args.vae_from is not None and args.resume is None:
+        run.take_vae(torch.load(args.vae_from, weights_only=False))
     if args.resume is not None:
         run.load_state_dict(torch.load(args.resume or out / "checkpoint.pt", weights_only=False))
         print(f"resumed at phase {run.phase} step {run.step}", flush=True)
@@ -600,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also keep the slim state of every N-th flow step (snapshot_<step>.pt), to measure later")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",
                    help="continue from --out's checkpoint, or from STATE (e.g. models/tiny-wan/training_state.pt)")
+    p.add_argument("--vae-from", default=None, metavar="STATE",
+                   help="skip the VAE phase: take the VAE of STATE, a run on the same data (ignored with --resume)")
     p.set_defaults(func=train)
     p = sub.add_parser("export")
     p.add_argument("--out", default=".cache/tiny_wan_train")

@@ -95,3 +95,22 @@ def test_checkpoint_of_another_recipe_is_refused_and_model_recipe_reads_training
 
 def dict_to_args(args, **changes):
     return type(args)(**{**vars(args), **changes})
+
+
+def test_vae_from_starts_the_transformer_phase_on_that_runs_vae_and_latent_statistics(train, tmp_path):
+    """A 2x64-head run on tiny-wan-next's committed VAE: no VAE step is taken, the VAE is that state's, and the latent
+    statistics it measures are the ones that run measured (same clips, same VAE); a state of other data is refused."""
+    source = Path(__file__).resolve().parents[1] / "models" / "tiny-wan-next" / "training_state.pt"
+    common = ["--out", str(tmp_path), "--steps", "1", "--pool-init", "1", "--pool-size", "2", "--checkpoint-minutes", "60"]
+    assert train.main(["train", "--recipe", "tiny-wan-next-2x64", "--vae-from", str(source), *common]) == 0
+    state, before = (torch.load(p, weights_only=False) for p in (tmp_path / "checkpoint.pt", source))
+    assert state["phase"] == "flow" and state["step"] == 1
+    assert not (tmp_path / "log.jsonl").read_text().count('"phase": "vae"')
+    assert all(torch.equal(state["vae"][k], v) for k, v in before["vae"].items())
+    np.testing.assert_allclose(state["stats"], before["stats"], atol=1e-5)
+    heads = {k: v.shape for k, v in state["transformer"].items()}
+    assert heads == {k: v.shape for k, v in before["transformer"].items()}  # same width, regrouped into 2 heads
+    torch.save(state | {"args": {"recipe": "tiny-wan"}}, tmp_path / "shapes.pt")
+    for refused, why in (("shapes.pt", "other data"), ("vae_done.pt", "not finished its VAE phase")):
+        with pytest.raises(SystemExit, match=why):
+            train.main(["train", "--recipe", "tiny-wan-next-2x64", "--vae-from", str(tmp_path / refused), *common])
